@@ -1,0 +1,120 @@
+# inactive_users: build / test tooling.
+#
+#   make venv         create .venv and install requirements-dev.txt (pinned by constraints.txt) + `-e .`
+#   make lint         ruff check + ruff format --check
+#   make typecheck    mypy
+#   make test         venv, lint, typecheck, then pytest
+#   make demo         run the local demo (python -m devstack.demo)
+#   make bench        run every bench/bench_*.py
+#   make constraints  re-resolve constraints.txt from requirements-dev.txt (UPGRADE=1 to bump everything)
+#   make clean        remove .venv and caches
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+UV_VERSION := 0.13.9
+VENV := .venv
+VPY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+UV_STAMP := $(VENV)/.uv-$(UV_VERSION)
+STAMP := $(VENV)/.installed
+REQUIREMENTS := requirements.txt requirements-dev.txt constraints.txt pyproject.toml $(wildcard setup.cfg)
+
+# Lint only the directories that exist (some arrive in later issues).
+LINT_PATHS := $(wildcard plugins dags devstack tests bench)
+PYTEST_ARGS ?=
+
+export UV_NO_PROGRESS := 1
+
+.PHONY: help venv lint typecheck test demo bench constraints clean
+
+help:
+	@sed -n 's/^#   \(make \)/\1/p' $(firstword $(MAKEFILE_LIST))
+
+# --- virtualenv -------------------------------------------------------------
+
+$(UV_STAMP):
+	@echo "==> bootstrapping $(VENV) with $(PYTHON) and uv==$(UV_VERSION)"
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 required, got " + sys.version)'
+	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	rm -f $(VENV)/.uv-*
+	touch $@
+
+$(STAMP): $(UV_STAMP) $(REQUIREMENTS)
+	@echo "==> installing requirements-dev.txt (constrained by constraints.txt) into $(VENV)"
+	$(UV) pip install --python $(VPY) -r requirements-dev.txt -c constraints.txt
+	@echo "==> installing inactive-users in editable mode (registers airflow.plugins entry point)"
+	$(UV) pip install --python $(VPY) --no-deps -e .
+	@echo "==> checking installed dependencies"
+	$(UV) pip check --python $(VPY)
+	touch $@
+
+venv: $(STAMP)
+	@echo "==> $(VENV) is up to date"
+
+# --- quality gates ----------------------------------------------------------
+
+lint: venv
+	@echo "==> ruff check $(LINT_PATHS)"
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	@echo "==> ruff format --check $(LINT_PATHS)"
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+
+typecheck: venv
+	@echo "==> mypy (config in pyproject.toml)"
+	$(VENV)/bin/mypy
+
+test: venv lint typecheck
+	@echo "==> pytest $(PYTEST_ARGS)"
+	$(VPY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+# --- running things ---------------------------------------------------------
+
+demo: venv
+	@echo "==> python -m devstack.demo"
+	$(VPY) -m devstack.demo
+
+bench: venv
+	@files="$(sort $(wildcard bench/bench_*.py))"; \
+	if [ -z "$$files" ]; then echo "==> no bench/bench_*.py found"; exit 0; fi; \
+	for f in $$files; do \
+		echo "==> $(VPY) $$f"; \
+		PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" $(VPY) "$$f" || exit $$?; \
+	done
+
+# --- dependency management --------------------------------------------------
+
+define CONSTRAINTS_HEADER
+# constraints.txt: the full, resolved dependency set for this project (runtime + dev).
+#
+# Airflow's official constraints files are not reachable from CI, so we pin the
+# top-level packages in requirements*.txt and commit the resolution here.
+# Used as:  uv pip install -r requirements-dev.txt -c constraints.txt   (see `make venv`)
+#
+# DO NOT EDIT BY HAND. Regenerate with:
+#     make constraints              # keep existing pins where possible
+#     make constraints UPGRADE=1    # re-resolve everything to the newest allowed versions
+# (runs: uv pip compile requirements-dev.txt --python-version 3.11 --python-platform linux)
+#
+endef
+export CONSTRAINTS_HEADER
+
+constraints: $(UV_STAMP)
+	@echo "==> resolving requirements-dev.txt -> constraints.txt"
+	$(UV) pip compile requirements-dev.txt \
+		--python-version 3.11 --python-platform linux $(if $(UPGRADE),--upgrade) \
+		--custom-compile-command "make constraints" -o constraints.txt >/dev/null
+	@# uv rewrites the whole file (keeping old pins as preferences); prepend our header.
+	@{ echo "$$CONSTRAINTS_HEADER"; cat constraints.txt; } > constraints.txt.tmp
+	@mv constraints.txt.tmp constraints.txt
+	@echo "==> constraints.txt updated; run 'make venv' to apply"
+
+# --- housekeeping -----------------------------------------------------------
+
+clean:
+	@echo "==> removing $(VENV), build artifacts and caches"
+	rm -rf $(VENV) build dist plugins/*.egg-info *.egg-info \
+		.mypy_cache .ruff_cache .pytest_cache .hypothesis .airflow-test
+	find . -name __pycache__ -type d -not -path './$(VENV)/*' -prune -exec rm -rf {} +

@@ -1,0 +1,362 @@
+"""The engine: each public method is one step a DAG task calls (sync, ingest, plan, lock, delete, unlock).
+
+It wires the pure core (``logparse``, ``policy``) to the I/O shell (``state``, ``actions``,
+``cloudwatch``). Each step opens its own connection, because Airflow runs tasks in separate
+processes; a dry run instead does every step on one connection inside a transaction that is rolled
+back, so it sees its own sync and ingest but leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+import psycopg
+
+from inactive_users import actions, migrations, state
+from inactive_users.actions import ActionReport, Outcome
+from inactive_users.logparse import LoginSummary
+from inactive_users.policy import Exclusions, Plan, Planned, log_gap_error, make_plan, managed_roles
+from inactive_users.settings import EngineSettings, SettingsError
+
+log = logging.getLogger("inactive_users")
+
+
+class SafetyGuardError(RuntimeError):
+    """A guard refused to act; the message says why and how to proceed."""
+
+
+class LoginSource(Protocol):
+    def read(self, instance: str, start: datetime, end: datetime, settle: object) -> LoginSummary: ...
+
+
+@dataclass
+class IngestResult:
+    instances: dict[str, dict[str, object]] = field(default_factory=dict)
+    users_seen: int = 0
+    rows_advanced: int = 0
+    active_sessions: list[str] = field(default_factory=list)
+    failed_auth: dict[str, int] = field(default_factory=dict)
+    rejected: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class RunReport:
+    dry_run: bool
+    sync: state.SyncResult | None = None
+    ingest: IngestResult | None = None
+    plan: Plan | None = None
+    unlock: ActionReport = field(default_factory=ActionReport)
+    lock: ActionReport = field(default_factory=ActionReport)
+    delete: ActionReport = field(default_factory=ActionReport)
+
+
+class Engine:
+    def __init__(
+        self,
+        connect: Callable[[], psycopg.Connection],
+        settings: EngineSettings,
+        *,
+        run_id: str = "manual",
+        master_user: str | None = None,
+        logs: LoginSource | None = None,
+    ) -> None:
+        self._connect = connect
+        self.settings = settings
+        self.run_id = run_id
+        self.master_user = master_user
+        self.logs = logs
+        self.schema = settings.state_schema
+
+    @classmethod
+    def from_airflow(
+        cls,
+        postgres_conn_id: str,
+        settings: EngineSettings,
+        *,
+        run_id: str,
+        cluster_id: str | None = None,
+        aws_conn_id: str | None = "aws_default",
+        region_name: str | None = None,
+        master_user: str | None = None,
+    ) -> Engine:
+        """An engine whose credentials all come from Airflow connections."""
+        from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+        from inactive_users.cloudwatch import CloudWatchLogins
+
+        def connect() -> psycopg.Connection:
+            conn = PostgresHook(postgres_conn_id=postgres_conn_id).get_conn()
+            conn.autocommit = True
+            return conn  # type: ignore[return-value]
+
+        logs = None
+        if cluster_id is not None:
+            logs = CloudWatchLogins(cluster_id, aws_conn_id, region_name, page_size=settings.page_size)
+        return cls(connect, settings, run_id=run_id, master_user=master_user, logs=logs)
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection]:
+        conn = self._connect()
+        conn.autocommit = True
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    # -- schema -------------------------------------------------------------------------------
+
+    def migrate(self) -> list[int]:
+        with self.connection() as conn:
+            applied = migrations.migrate(conn, self.schema)
+        log.info("state schema %s: applied migrations %s", self.schema, applied or "none (up to date)")
+        return applied
+
+    def pending_migrations(self) -> list[int]:
+        with self.connection() as conn:
+            return migrations.pending(conn, self.schema)
+
+    # -- steps ----------------------------------------------------------------------------------
+
+    def sync_roles(self) -> state.SyncResult:
+        with self.connection() as conn, conn.transaction():
+            return self._sync(conn)
+
+    def ingest(self, instances: Sequence[str], now: datetime | None = None) -> IngestResult:
+        with self.connection() as conn:
+            return self._ingest(conn, instances, now)
+
+    def plan(self, instances: Sequence[str] | None = None, as_of: datetime | None = None) -> Plan:
+        with self.connection() as conn:
+            return self._plan(conn, instances, as_of)
+
+    def lock(self, plan: Plan) -> ActionReport:
+        self._check_guard(plan)
+        if self.settings.dry_run or not plan.lock:
+            return _preview(plan.lock, "would_lock")
+        with self.connection() as conn:
+            report = actions.lock_roles(conn, self.schema, plan.lock, self.settings.lock_method, self.run_id)
+        _log_report("lock", report)
+        return report
+
+    def delete(self, plan: Plan) -> ActionReport:
+        self._check_guard(plan)
+        if not plan.delete:
+            return ActionReport()
+        with self.connection() as conn:
+            if self.settings.dry_run:
+                return self._preview_delete(conn, plan.delete)
+            report = actions.delete_roles(conn, self.schema, plan.delete, self.settings.lock_method, self.run_id)
+        _log_report("delete", report)
+        return report
+
+    def unlock(self, names: Sequence[str]) -> ActionReport:
+        if not names:
+            return ActionReport()
+        if self.settings.dry_run:
+            return ActionReport([Outcome(n, "would_unlock") for n in names])
+        with self.connection() as conn:
+            report = actions.unlock_roles(conn, self.schema, list(names), self.run_id)
+        _log_report("unlock", report)
+        return report
+
+    def run(
+        self,
+        instances: Sequence[str],
+        *,
+        as_of: datetime | None = None,
+        unlock_users: Sequence[str] = (),
+    ) -> RunReport:
+        """All steps in order; a dry run previews inside a rolled-back transaction."""
+        if as_of is not None and not self.settings.dry_run:
+            raise SettingsError("as_of is accepted only with dry_run: true (a preview of a future date)")
+        if self.settings.dry_run:
+            return self.preview(instances, as_of=as_of, unlock_users=unlock_users)
+        report = RunReport(dry_run=False)
+        self.migrate()
+        report.unlock = self.unlock(unlock_users)
+        report.sync = self.sync_roles()
+        report.ingest = self.ingest(instances)
+        report.plan = self.plan(instances)
+        report.lock = self.lock(report.plan)
+        report.delete = self.delete(report.plan)
+        return report
+
+    def preview(
+        self, instances: Sequence[str], *, as_of: datetime | None = None, unlock_users: Sequence[str] = ()
+    ) -> RunReport:
+        """Sync, ingest and plan as a real run would, then roll every change back."""
+        report = RunReport(dry_run=True)
+        with self.connection() as conn, conn.transaction(force_rollback=True):
+            migrations.migrate(conn, self.schema)
+            report.unlock = ActionReport([Outcome(n, "would_unlock") for n in unlock_users])
+            report.sync = self._sync(conn)
+            report.ingest = self._ingest(conn, instances, None)
+            report.plan = self._plan(conn, instances, as_of)
+            report.lock = _preview(report.plan.lock, "would_lock")
+            report.delete = self._preview_delete(conn, report.plan.delete)
+        log.info("dry run: every change above was rolled back; nothing was changed")
+        return report
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def exclusions(self, conn: psycopg.Connection) -> Exclusions:
+        session_user, current_user = state.job_user(conn)
+        return self.settings.exclusions(protected=(self.master_user, session_user, current_user))
+
+    def _sync(self, conn: psycopg.Connection) -> state.SyncResult:
+        started = time.monotonic()
+        state.take_action_lock(conn, self.schema)
+        roles = state.fetch_roles(conn, self.settings.exempt_groups)
+        held = state.held_oids(state.fetch_states(conn, self.schema))
+        managed = managed_roles(roles.values(), self.exclusions(conn), held)
+        managed_oids = {r.oid for r in managed}
+        tracked = managed + [roles[o] for o in sorted(held) if o in roles and o not in managed_oids]
+        result = state.sync(conn, self.schema, tracked, self.run_id)
+        log.info(
+            "sync: %d roles in cluster, %d tracked; added %d %s, removed %d %s, renamed %d, "
+            "unlocked outside the job %d %s (%.2fs)",
+            len(roles),
+            result.tracked,
+            len(result.added),
+            _names(result.added),
+            len(result.removed),
+            _names(result.removed),
+            len(result.renamed),
+            len(result.unlocked_externally),
+            _names(result.unlocked_externally),
+            time.monotonic() - started,
+        )
+        return result
+
+    def _ingest(self, conn: psycopg.Connection, instances: Sequence[str], now: datetime | None) -> IngestResult:
+        if self.logs is None:
+            raise SettingsError("no log source configured: the engine needs a cluster_id to read logins")
+        now = now or state.db_now(conn)
+        marks = state.fetch_watermarks(conn, self.schema)
+        total = LoginSummary()
+        result = IngestResult()
+        new_marks = []
+        for instance in instances:
+            started = time.monotonic()
+            mark = marks.get(instance)
+            start = mark.last_processed - self.settings.overlap if mark else now - self.settings.lookback
+            summary = self.logs.read(instance, start, now, self.settings.settle)
+            total.merge(summary)
+            candidates = [x for x in (mark.last_event if mark else None, summary.last_event) if x is not None]
+            last_event = max(candidates) if candidates else None
+            new_marks.append(state.Watermark(instance, now, last_event))
+            result.instances[instance] = {
+                "from": start.isoformat(),
+                "to": now.isoformat(),
+                "events": summary.events,
+                "logins": summary.logins,
+                "users": len(summary.last_login),
+                "rejected": sum(summary.rejected.values()),
+                "failed_auth": sum(summary.failed_auth.values()),
+                "unsettled": summary.unsettled,
+                "last_event": last_event.isoformat() if last_event else None,
+            }
+            log.info(
+                "ingest %s: read %s .. %s, %d events, %d logins by %d users, %d rejected after "
+                "authorization, %d failed authentications (%.2fs)",
+                instance,
+                start.isoformat(),
+                now.isoformat(),
+                summary.events,
+                summary.logins,
+                len(summary.last_login),
+                sum(summary.rejected.values()),
+                sum(summary.failed_auth.values()),
+                time.monotonic() - started,
+            )
+        with conn.transaction():
+            state.take_action_lock(conn, self.schema)
+            result.rows_advanced = state.apply_logins(conn, self.schema, total.last_login)
+            result.active_sessions = state.touch_active_sessions(
+                conn, self.schema, state.active_session_oids(conn)
+            )
+            state.save_watermarks(conn, self.schema, new_marks)
+        result.users_seen = len(total.last_login)
+        result.failed_auth = dict(total.failed_auth)
+        result.rejected = dict(total.rejected)
+        log.info(
+            "ingest: %d users logged in, %d last-login times moved forward, %d users with open sessions",
+            result.users_seen,
+            result.rows_advanced,
+            len(result.active_sessions),
+        )
+        return result
+
+    def _plan(self, conn: psycopg.Connection, instances: Sequence[str] | None, as_of: datetime | None) -> Plan:
+        now = state.db_now(conn)
+        as_of = as_of or now
+        plan = make_plan(
+            state.fetch_states(conn, self.schema),
+            state.fetch_roles(conn, self.settings.exempt_groups),
+            self.exclusions(conn),
+            self.settings.thresholds(),
+            as_of,
+            state.active_session_oids(conn),
+        )
+        if instances is not None:
+            marks = state.fetch_watermarks(conn, self.schema)
+            last_events = {i: (marks[i].last_event if i in marks else None) for i in instances}
+            gap = log_gap_error(last_events, now, self.settings.max_log_gap)
+            if gap is not None:
+                plan.guard_error = gap
+        log.info(
+            "plan at %s: %d candidates; lock %d %s; delete %d %s; kept (session open) %s; excluded %d",
+            as_of.isoformat(),
+            plan.candidates,
+            len(plan.lock),
+            _names([p.name for p in plan.lock]),
+            len(plan.delete),
+            _names([p.name for p in plan.delete]),
+            _names(plan.kept_active_session),
+            len(plan.excluded),
+        )
+        if plan.guard_error:
+            log.warning("%s", plan.guard_error)
+        return plan
+
+    def _check_guard(self, plan: Plan) -> None:
+        if plan.guard_error and not self.settings.dry_run:
+            raise SafetyGuardError(plan.guard_error)
+
+    def _preview_delete(self, conn: psycopg.Connection, items: Sequence[Planned]) -> ActionReport:
+        blockers = actions.dependency_summaries(conn, [i.oid for i in items])
+        report = ActionReport()
+        for item in items:
+            blocked = blockers.get(item.oid)
+            action = "would_flag_ready_to_delete" if blocked else "would_drop"
+            report.outcomes.append(
+                Outcome(item.name, action, f"inactive {item.inactive_days} days", item.last_login.isoformat(), blocked)
+            )
+        return report
+
+
+def _preview(items: Sequence[Planned], action: str) -> ActionReport:
+    return ActionReport(
+        [Outcome(i.name, action, f"inactive {i.inactive_days} days", i.last_login.isoformat()) for i in items]
+    )
+
+
+def _names(names: Sequence[str], limit: int = 20) -> str:
+    if not names:
+        return ""
+    shown = ", ".join(repr(n) for n in names[:limit])
+    more = f", … {len(names) - limit} more" if len(names) > limit else ""
+    return f"[{shown}{more}]"
+
+
+def _log_report(step: str, report: ActionReport) -> None:
+    for o in report.outcomes:
+        level = logging.WARNING if o.action == "failed" else logging.INFO
+        extra = f"; blocked by: {o.blockers}" if o.blockers else ""
+        log.log(level, "%s: %r %s (%s)%s", step, o.name, o.action, o.reason, extra)

@@ -1,0 +1,124 @@
+"""Versioned, idempotent migrations of the state schema kept in the target cluster.
+
+The tables keep the names and columns of the AWS sample Lambda (``user_login_status``,
+``user_login_job_status``) so its users can carry their data over; extra columns hold what the
+engine needs (role OID, what a lock changed, why).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import psycopg
+from psycopg import sql
+
+# Each migration is (version, description, statements); ``{s}`` is the state schema identifier.
+MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
+    (
+        1,
+        "state tables, history, run lease",
+        (
+            "CREATE SCHEMA IF NOT EXISTS {s}",
+            "REVOKE ALL ON SCHEMA {s} FROM PUBLIC",
+            """CREATE TABLE {s}.user_login_status (
+                user_name text NOT NULL,
+                last_login_time timestamptz NOT NULL DEFAULT now(),
+                status text NOT NULL DEFAULT 'Active'
+                    CHECK (status IN ('Active', 'Locked', 'ReadyToDelete')),
+                role_oid oid,
+                status_reason text,
+                locked_at timestamptz,
+                lock_method text CHECK (lock_method IN ('nologin', 'connection_limit')),
+                prior_can_login boolean,
+                prior_conn_limit integer,
+                first_seen timestamptz NOT NULL DEFAULT now(),
+                updated_at timestamptz NOT NULL DEFAULT now(),
+                CONSTRAINT user_login_status_pkey PRIMARY KEY (user_name) DEFERRABLE INITIALLY IMMEDIATE,
+                CONSTRAINT user_login_status_oid_key UNIQUE (role_oid) DEFERRABLE INITIALLY IMMEDIATE
+            )""",
+            """CREATE TABLE {s}.user_login_job_status (
+                instance_name text PRIMARY KEY,
+                last_processed_time timestamptz NOT NULL,
+                last_event_time timestamptz,
+                updated_at timestamptz NOT NULL DEFAULT now()
+            )""",
+            """CREATE TABLE {s}.action_history (
+                id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                at timestamptz NOT NULL DEFAULT clock_timestamp(),
+                run_id text,
+                actor text NOT NULL DEFAULT session_user,
+                action text NOT NULL,
+                user_name text NOT NULL,
+                role_oid oid,
+                reason text,
+                detail jsonb NOT NULL DEFAULT '{{}}'::jsonb
+            )""",
+            "CREATE INDEX ON {s}.action_history (user_name, at)",
+            "CREATE INDEX ON {s}.action_history (run_id)",
+            """CREATE FUNCTION {s}.append_only() RETURNS trigger LANGUAGE plpgsql AS
+               $$BEGIN RAISE EXCEPTION 'action_history is append-only'; END$$""",
+            "REVOKE ALL ON FUNCTION {s}.append_only() FROM PUBLIC",
+            """CREATE TRIGGER action_history_no_update BEFORE UPDATE OR DELETE ON {s}.action_history
+               FOR EACH ROW EXECUTE FUNCTION {s}.append_only()""",
+            """CREATE TRIGGER action_history_no_truncate BEFORE TRUNCATE ON {s}.action_history
+               FOR EACH STATEMENT EXECUTE FUNCTION {s}.append_only()""",
+            """CREATE TABLE {s}.run_lease (
+                singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+                run_id text NOT NULL,
+                acquired_at timestamptz NOT NULL,
+                expires_at timestamptz NOT NULL
+            )""",
+            """CREATE TABLE {s}.schema_version (
+                version integer PRIMARY KEY,
+                description text NOT NULL,
+                applied_at timestamptz NOT NULL DEFAULT now()
+            )""",
+        ),
+    ),
+)
+
+LATEST = MIGRATIONS[-1][0]
+
+
+def lock_key(schema: str, purpose: str) -> int:
+    """A stable signed 64-bit advisory-lock key for this state schema and purpose."""
+    digest = hashlib.blake2b(f"inactive_users:{schema}:{purpose}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def current_version(conn: psycopg.Connection, schema: str) -> int:
+    """0 when the schema has never been migrated."""
+    table = sql.Identifier(schema, "schema_version")
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [table.as_string(conn)]).fetchone()
+    if not row or not row[0]:
+        return 0
+    version = conn.execute(sql.SQL("SELECT coalesce(max(version), 0) FROM {}").format(table)).fetchone()
+    return int(version[0]) if version else 0
+
+
+def pending(conn: psycopg.Connection, schema: str) -> list[int]:
+    have = current_version(conn, schema)
+    return [v for v, _, _ in MIGRATIONS if v > have]
+
+
+def migrate(conn: psycopg.Connection, schema: str) -> list[int]:
+    """Apply the missing migrations in one transaction; returns the versions applied.
+
+    Serialised by an advisory lock so two runs starting at once cannot both migrate.
+    """
+    applied = []
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", [lock_key(schema, "migrate")])
+        have = current_version(conn, schema)
+        ident = sql.Identifier(schema)
+        for version, description, statements in MIGRATIONS:
+            if version <= have:
+                continue
+            for statement in statements:
+                conn.execute(sql.SQL(statement).format(s=ident))  # type: ignore[arg-type]
+            conn.execute(
+                sql.SQL("INSERT INTO {}.schema_version (version, description) VALUES (%s, %s)").format(ident),
+                [version, description],
+            )
+            applied.append(version)
+    return applied

@@ -1,0 +1,230 @@
+"""Who is managed and what to do with them (pure: plain data in, plain data out).
+
+The I/O shell reads ``pg_roles`` and the state table, calls these functions, and carries out the
+plan; keeping the decisions here lets them be tested exhaustively without a server.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+ACTIVE = "Active"
+LOCKED = "Locked"
+READY_TO_DELETE = "ReadyToDelete"
+STATUSES = (ACTIVE, LOCKED, READY_TO_DELETE)
+
+#: Roles the job never touches whatever the configuration says.
+ALWAYS_PROTECTED = frozenset({"rdsadmin", "rdsrepladmin", "rds_superuser", "postgres_fdw_user"})
+_RESERVED_PREFIXES = ("rds_", "pg_")
+
+
+@dataclass(frozen=True, slots=True)
+class RoleInfo:
+    """One row of ``pg_roles`` as the policy needs it."""
+
+    oid: int
+    name: str
+    can_login: bool
+    superuser: bool = False
+    conn_limit: int = -1
+    exempt_via: str | None = None  # the exempt group this role is a (direct or inherited) member of
+
+
+@dataclass(frozen=True)
+class Exclusions:
+    users: frozenset[str] = frozenset()
+    patterns: tuple[re.Pattern[str], ...] = ()
+    exempt_groups: frozenset[str] = frozenset()
+    include_superusers: bool = False
+    protected: frozenset[str] = frozenset()  # master user, the job's own login user
+
+    @classmethod
+    def build(
+        cls,
+        users: Iterable[str] = (),
+        patterns: Iterable[str] = (),
+        exempt_groups: Iterable[str] = (),
+        include_superusers: bool = False,
+        protected: Iterable[str | None] = (),
+    ) -> Exclusions:
+        compiled = []
+        for p in patterns:
+            try:
+                compiled.append(re.compile(p))
+            except re.error as exc:
+                raise ValueError(f"exclude_patterns: {p!r} is not a valid regular expression: {exc}") from None
+        return cls(
+            users=frozenset(users),
+            patterns=tuple(compiled),
+            exempt_groups=frozenset(exempt_groups),
+            include_superusers=include_superusers,
+            protected=frozenset(p for p in protected if p),
+        )
+
+
+def exclusion_reason(role: RoleInfo, ex: Exclusions) -> str | None:
+    """Why this role must never be acted on, or None if it may be managed."""
+    name = role.name
+    if name in ALWAYS_PROTECTED:
+        return "reserved RDS role"
+    if name in ex.protected:
+        return "master or job user"
+    if name.startswith(_RESERVED_PREFIXES):
+        return "reserved name prefix"
+    if role.superuser and not ex.include_superusers:
+        return "superuser"
+    if name in ex.users:
+        return "exclude_users"
+    for pattern in ex.patterns:
+        if pattern.fullmatch(name):
+            return f"exclude_patterns {pattern.pattern!r}"
+    if role.exempt_via is not None:
+        return f"member of exempt group {role.exempt_via!r}"
+    return None
+
+
+def managed_roles(
+    roles: Iterable[RoleInfo], ex: Exclusions, held: Collection[int] = frozenset()
+) -> list[RoleInfo]:
+    """Roles whose status we track: login roles plus roles we hold locked, minus exclusions.
+
+    ``held`` are OIDs whose status is Locked/ReadyToDelete: after ``NOLOGIN`` they no longer look
+    like login roles but must stay tracked so they can be unlocked or dropped.
+    """
+    return [r for r in roles if (r.can_login or r.oid in held) and exclusion_reason(r, ex) is None]
+
+
+@dataclass(frozen=True, slots=True)
+class UserState:
+    """One row of ``user_login_status``."""
+
+    name: str
+    oid: int | None
+    last_login: datetime
+    status: str
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    lock_after_days: int | None = 90
+    delete_after_days: int | None = 180
+    max_action_ratio: float = 0.25
+    override_guard: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    name: str
+    oid: int
+    last_login: datetime
+    inactive_days: int
+    status: str  # status before the action
+
+
+@dataclass
+class Plan:
+    as_of: datetime
+    candidates: int
+    lock: list[Planned] = field(default_factory=list)
+    delete: list[Planned] = field(default_factory=list)
+    kept_active_session: list[str] = field(default_factory=list)
+    excluded: dict[str, str] = field(default_factory=dict)
+    guard_error: str | None = None
+
+    @property
+    def new_actions(self) -> int:
+        """Roles whose access this run would newly remove (re-checks of ReadyToDelete excluded)."""
+        return len(self.lock) + sum(1 for p in self.delete if p.status != READY_TO_DELETE)
+
+    def summary(self) -> dict[str, object]:
+        """Small, log- and XCom-safe summary: counts and role names only."""
+        return {
+            "as_of": self.as_of.isoformat(),
+            "candidates": self.candidates,
+            "lock": [p.name for p in self.lock],
+            "delete": [p.name for p in self.delete],
+            "kept_active_session": list(self.kept_active_session),
+            "excluded": len(self.excluded),
+            "guard_error": self.guard_error,
+        }
+
+
+def make_plan(
+    states: Iterable[UserState],
+    roles: Mapping[int, RoleInfo],
+    ex: Exclusions,
+    thresholds: Thresholds,
+    as_of: datetime,
+    active_sessions: Collection[int] = frozenset(),
+) -> Plan:
+    """Decide which tracked roles to lock and which to drop (or flag) at ``as_of``.
+
+    A role is acted on only if it still exists with the tracked OID, is not excluded by any rule,
+    and has no session open now.
+    """
+    plan = Plan(as_of=as_of, candidates=0)
+    for st in states:
+        role = roles.get(st.oid) if st.oid is not None else None
+        if role is None or role.name != st.name:
+            continue  # gone or renamed since sync: the next sync reconciles it
+        reason = exclusion_reason(role, ex)
+        if reason is not None:
+            plan.excluded[st.name] = reason
+            continue
+        plan.candidates += 1
+        if role.oid in active_sessions:
+            plan.kept_active_session.append(st.name)
+            continue
+        inactive = as_of - st.last_login
+        item = Planned(st.name, role.oid, st.last_login, inactive.days, st.status)
+        if _reached(inactive, thresholds.delete_after_days):
+            plan.delete.append(item)
+        elif _reached(inactive, thresholds.lock_after_days) and st.status == ACTIVE:
+            plan.lock.append(item)
+    plan.guard_error = _guard(plan, thresholds)
+    return plan
+
+
+def _reached(inactive: timedelta, days: int | None) -> bool:
+    return days is not None and inactive >= timedelta(days=days)
+
+
+def _guard(plan: Plan, t: Thresholds) -> str | None:
+    if t.override_guard or plan.new_actions == 0:
+        return None
+    ratio = plan.new_actions / max(plan.candidates, 1)
+    if ratio <= t.max_action_ratio:
+        return None
+    return (
+        f"safety guard: this run would lock or delete {plan.new_actions} of {plan.candidates} "
+        f"candidate roles ({ratio:.0%}), more than max_action_ratio={t.max_action_ratio:.0%}. "
+        "Check that connection logs are complete; if the plan is right, re-run with the guard "
+        "overridden (override_guard) or raise max_action_ratio."
+    )
+
+
+def log_gap_error(
+    last_events: Mapping[str, datetime | None], as_of: datetime, max_gap: timedelta
+) -> str | None:
+    """Refuse to act when an instance's log shows no connections for too long.
+
+    No connection lines usually means logs are not exported or ``log_connections`` is off; acting
+    then would lock everyone.
+    """
+    problems = []
+    for instance, last in sorted(last_events.items()):
+        if last is None:
+            problems.append(f"{instance}: no connection events found at all")
+        elif as_of - last > max_gap:
+            problems.append(f"{instance}: last connection event at {last.isoformat()}")
+    if not problems:
+        return None
+    return (
+        f"log gap guard: no connection log events for more than {max_gap} on "
+        + "; ".join(problems)
+        + ". Check that log_connections is on in the parameter group and that the cluster exports "
+        "the 'postgresql' log to CloudWatch Logs. Nothing was locked or deleted."
+    )

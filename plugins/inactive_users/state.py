@@ -1,0 +1,328 @@
+"""Reads of the catalog and set-based writes of the state tables (the Postgres I/O shell).
+
+Every write here is one statement for any number of roles: the busiest clusters have tens of
+thousands of login roles and a loop of round trips would dominate the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import psycopg
+from psycopg import sql
+
+from inactive_users.migrations import lock_key
+from inactive_users.policy import ACTIVE, LOCKED, READY_TO_DELETE, RoleInfo, UserState
+
+
+class ConcurrentRunError(RuntimeError):
+    """Another run holds the cluster's action lock."""
+
+
+def t(schema: str, table: str) -> sql.Identifier:
+    return sql.Identifier(schema, table)
+
+
+def take_action_lock(conn: psycopg.Connection, schema: str) -> None:
+    """Inside a transaction: make sure no other run acts on this cluster at the same time."""
+    row = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", [lock_key(schema, "act")]).fetchone()
+    if not row or not row[0]:
+        raise ConcurrentRunError(
+            f"another inactive_users run holds the action lock for state schema {schema!r} "
+            "on this cluster; this run changed nothing"
+        )
+
+
+_ROLES_SQL = """
+WITH RECURSIVE exempt(oid, via) AS (
+    SELECT r.oid, r.rolname::text FROM pg_roles r WHERE r.rolname = ANY(%(groups)s::text[])
+    UNION
+    SELECT m.member, e.via FROM pg_auth_members m JOIN exempt e ON m.roleid = e.oid
+)
+SELECT r.oid::bigint, r.rolname::text, r.rolcanlogin, r.rolsuper, r.rolconnlimit,
+       (SELECT min(e.via) FROM exempt e WHERE e.oid = r.oid)
+FROM pg_roles r
+"""
+
+
+def fetch_roles(conn: psycopg.Connection, exempt_groups: Iterable[str]) -> dict[int, RoleInfo]:
+    """All roles with what the policy needs, exempt-group membership resolved transitively."""
+    rows = conn.execute(_ROLES_SQL, {"groups": list(exempt_groups)}).fetchall()
+    return {r[0]: RoleInfo(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows}
+
+
+def fetch_states(conn: psycopg.Connection, schema: str) -> list[UserState]:
+    rows = conn.execute(
+        sql.SQL("SELECT user_name, role_oid::bigint, last_login_time, status FROM {}").format(
+            t(schema, "user_login_status")
+        )
+    ).fetchall()
+    return [UserState(r[0], r[1], r[2], r[3]) for r in rows]
+
+
+def held_oids(states: Iterable[UserState]) -> set[int]:
+    """Roles we locked or flagged: tracked even though they can no longer log in."""
+    return {s.oid for s in states if s.oid is not None and s.status in (LOCKED, READY_TO_DELETE)}
+
+
+def active_session_oids(conn: psycopg.Connection) -> set[int]:
+    """Roles with a session open now on this instance (pooled connections never log in again)."""
+    rows = conn.execute(
+        "SELECT DISTINCT usesysid::bigint FROM pg_stat_activity "
+        "WHERE usesysid IS NOT NULL AND pid <> pg_backend_pid() "
+        "AND backend_type IN ('client backend', 'walsender')"
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def job_user(conn: psycopg.Connection) -> tuple[str, str]:
+    row = conn.execute("SELECT session_user::text, current_user::text").fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+@dataclass
+class SyncResult:
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    renamed: list[tuple[str, str]] = field(default_factory=list)
+    unlocked_externally: list[str] = field(default_factory=list)
+    adopted: list[str] = field(default_factory=list)
+    tracked: int = 0
+
+    def changes(self) -> int:
+        return (
+            len(self.added)
+            + len(self.removed)
+            + len(self.renamed)
+            + len(self.unlocked_externally)
+            + len(self.adopted)
+        )
+
+
+# One statement: match tracked rows to the roles that should be tracked (by OID; by name for rows
+# carried over from the AWS sample, which have no OID), then remove, rename/reconcile and add,
+# writing a history row for every change. The deferrable keys let a role dropped and re-created
+# under the same name be removed and added in the same statement.
+_SYNC_SQL = """
+WITH cand AS (
+    SELECT * FROM unnest(%(oids)s::oid[], %(names)s::text[], %(can_login)s::bool[], %(conn_limit)s::int[])
+        AS c(oid, name, can_login, conn_limit)
+),
+matched AS (
+    SELECT u.user_name, u.role_oid, u.status, u.lock_method,
+           coalesce(c1.oid, c2.oid) AS c_oid, coalesce(c1.name, c2.name) AS c_name,
+           coalesce(c1.can_login, c2.can_login) AS c_can_login,
+           coalesce(c1.conn_limit, c2.conn_limit) AS c_conn_limit
+    FROM {status} u
+    LEFT JOIN cand c1 ON c1.oid = u.role_oid
+    LEFT JOIN cand c2 ON u.role_oid IS NULL AND c2.name = u.user_name
+),
+removed AS (
+    DELETE FROM {status} u USING matched m
+    WHERE u.user_name = m.user_name AND m.c_oid IS NULL
+    RETURNING u.user_name, u.role_oid,
+              CASE WHEN EXISTS (SELECT 1 FROM pg_roles r WHERE r.oid = u.role_oid)
+                   THEN 'no longer a candidate (cannot log in, or excluded)'
+                   ELSE 'role no longer exists' END AS reason
+),
+changed AS (
+    SELECT m.*,
+           m.status IN ('Locked', 'ReadyToDelete') AND m.c_can_login
+               AND (m.lock_method IS DISTINCT FROM 'connection_limit' OR m.c_conn_limit <> 0) AS unlocked
+    FROM matched m
+    WHERE m.c_oid IS NOT NULL
+),
+updated AS (
+    UPDATE {status} u
+    SET user_name = c.c_name,
+        role_oid = c.c_oid,
+        status = CASE WHEN c.unlocked THEN 'Active' ELSE u.status END,
+        last_login_time = CASE WHEN c.unlocked THEN now() ELSE u.last_login_time END,
+        status_reason = CASE WHEN c.unlocked THEN 'unlocked outside inactive_users' ELSE u.status_reason END,
+        locked_at = CASE WHEN c.unlocked THEN NULL ELSE u.locked_at END,
+        updated_at = now()
+    FROM changed c
+    WHERE u.user_name = c.user_name
+      AND (c.c_name <> c.user_name OR c.role_oid IS NULL OR c.unlocked)
+    RETURNING c.user_name AS old_name, u.user_name AS new_name, u.role_oid,
+              c.role_oid IS NULL AS adopted, c.unlocked
+),
+added AS (
+    INSERT INTO {status} (user_name, last_login_time, status, role_oid, status_reason)
+    SELECT c.name, now(), 'Active', c.oid, 'new role'
+    FROM cand c
+    WHERE NOT EXISTS (SELECT 1 FROM matched m WHERE m.c_oid = c.oid)
+    RETURNING user_name, role_oid
+),
+events AS (
+    SELECT 'sync_remove' AS action, user_name, role_oid, reason, '{{}}'::jsonb AS detail FROM removed
+    UNION ALL
+    SELECT 'sync_add', user_name, role_oid, 'new login role', '{{}}'::jsonb FROM added
+    UNION ALL
+    SELECT 'sync_rename', new_name, role_oid, 'role renamed', jsonb_build_object('old_name', old_name)
+    FROM updated WHERE old_name <> new_name
+    UNION ALL
+    SELECT 'sync_adopt', new_name, role_oid, 'row without OID matched by name', '{{}}'::jsonb
+    FROM updated WHERE adopted
+    UNION ALL
+    SELECT 'sync_unlocked_externally', new_name, role_oid, 'role can log in again', '{{}}'::jsonb
+    FROM updated WHERE unlocked
+),
+history AS (
+    INSERT INTO {history} (run_id, action, user_name, role_oid, reason, detail)
+    SELECT %(run_id)s, action, user_name, role_oid, reason, detail FROM events
+)
+SELECT action, user_name, detail->>'old_name' FROM events
+"""
+
+
+def sync(
+    conn: psycopg.Connection, schema: str, tracked: Sequence[RoleInfo], run_id: str
+) -> SyncResult:
+    """Make the status table list exactly ``tracked``; one round trip whatever their number."""
+    query = sql.SQL(_SYNC_SQL).format(  # type: ignore[arg-type]
+        status=t(schema, "user_login_status"), history=t(schema, "action_history")
+    )
+    rows = conn.execute(
+        query,
+        {
+            "oids": [r.oid for r in tracked],
+            "names": [r.name for r in tracked],
+            "can_login": [r.can_login for r in tracked],
+            "conn_limit": [r.conn_limit for r in tracked],
+            "run_id": run_id,
+        },
+    ).fetchall()
+    result = SyncResult(tracked=len(tracked))
+    for action, name, old_name in rows:
+        if action == "sync_add":
+            result.added.append(name)
+        elif action == "sync_remove":
+            result.removed.append(name)
+        elif action == "sync_rename":
+            result.renamed.append((old_name, name))
+        elif action == "sync_adopt":
+            result.adopted.append(name)
+        else:
+            result.unlocked_externally.append(name)
+    return result
+
+
+def apply_logins(conn: psycopg.Connection, schema: str, logins: Mapping[str, datetime]) -> int:
+    """``last_login_time = GREATEST(old, seen)`` for all users at once; returns rows moved forward."""
+    if not logins:
+        return 0
+    cur = conn.execute(
+        sql.SQL(
+            "UPDATE {} u SET last_login_time = l.t, updated_at = now() "
+            "FROM unnest(%s::text[], %s::timestamptz[]) AS l(n, t) "
+            "WHERE u.user_name = l.n AND l.t > u.last_login_time"
+        ).format(t(schema, "user_login_status")),
+        [list(logins), list(logins.values())],
+    )
+    return cur.rowcount
+
+
+def touch_active_sessions(conn: psycopg.Connection, schema: str, oids: Collection[int]) -> list[str]:
+    """Roles with a session open now count as active now."""
+    if not oids:
+        return []
+    rows = conn.execute(
+        sql.SQL(
+            "UPDATE {} u SET last_login_time = now(), updated_at = now() "
+            "WHERE u.role_oid = ANY(%s::oid[]) AND u.last_login_time < now() RETURNING user_name"
+        ).format(t(schema, "user_login_status")),
+        [list(oids)],
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+@dataclass(frozen=True)
+class Watermark:
+    instance: str
+    last_processed: datetime
+    last_event: datetime | None
+
+
+def fetch_watermarks(conn: psycopg.Connection, schema: str) -> dict[str, Watermark]:
+    rows = conn.execute(
+        sql.SQL("SELECT instance_name, last_processed_time, last_event_time FROM {}").format(
+            t(schema, "user_login_job_status")
+        )
+    ).fetchall()
+    return {r[0]: Watermark(r[0], r[1], r[2]) for r in rows}
+
+
+def save_watermarks(conn: psycopg.Connection, schema: str, marks: Iterable[Watermark]) -> None:
+    """Advance (never rewind) each instance's watermark and last seen connection event."""
+    marks = list(marks)
+    if not marks:
+        return
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {0} AS j (instance_name, last_processed_time, last_event_time) "
+            "SELECT * FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[]) "
+            "ON CONFLICT (instance_name) DO UPDATE SET "
+            "last_processed_time = GREATEST(j.last_processed_time, EXCLUDED.last_processed_time), "
+            "last_event_time = GREATEST(j.last_event_time, EXCLUDED.last_event_time), "
+            "updated_at = now()"
+        ).format(t(schema, "user_login_job_status")),
+        [[m.instance for m in marks], [m.last_processed for m in marks], [m.last_event for m in marks]],
+    )
+
+
+def record_history(
+    conn: psycopg.Connection,
+    schema: str,
+    run_id: str,
+    entries: Sequence[tuple[str, str, int | None, str, dict]],
+) -> None:
+    """Append (action, user_name, role_oid, reason, detail) rows in one statement."""
+    if not entries:
+        return
+    from psycopg.types.json import Jsonb
+
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {} (run_id, action, user_name, role_oid, reason, detail) "
+            "SELECT %s, * FROM unnest(%s::text[], %s::text[], %s::oid[], %s::text[], %s::jsonb[])"
+        ).format(t(schema, "action_history")),
+        [
+            run_id,
+            [e[0] for e in entries],
+            [e[1] for e in entries],
+            [e[2] for e in entries],
+            [e[3] for e in entries],
+            [Jsonb(e[4]) for e in entries],
+        ],
+    )
+
+
+def db_now(conn: psycopg.Connection) -> datetime:
+    row = conn.execute("SELECT now()").fetchone()
+    assert row is not None
+    return row[0]  # type: ignore[no-any-return]
+
+
+__all__ = [
+    "ACTIVE",
+    "ConcurrentRunError",
+    "SyncResult",
+    "Watermark",
+    "active_session_oids",
+    "apply_logins",
+    "db_now",
+    "fetch_roles",
+    "fetch_states",
+    "fetch_watermarks",
+    "held_oids",
+    "job_user",
+    "record_history",
+    "save_watermarks",
+    "sync",
+    "take_action_lock",
+    "touch_active_sessions",
+]

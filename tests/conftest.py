@@ -1,0 +1,82 @@
+"""Fixtures: real PostgreSQL clusters (every major version on the machine) and a real moto server.
+
+Nothing here patches our own I/O: the engine reaches PostgreSQL and the AWS endpoint through
+Airflow connections given as ``AIRFLOW_CONN_*`` environment variables, exactly as in production.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+# Airflow reads its home at import time: give the test session its own before anything imports it.
+_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="iu-airflow-home-"))
+os.environ["AIRFLOW_HOME"] = str(_AIRFLOW_HOME)
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+os.environ.pop("AWS_PROFILE", None)
+
+import pytest  # noqa: E402
+
+from devstack.motoserver import MotoServer  # noqa: E402
+from devstack.pgcluster import PgBinaries, PgCluster, available_binaries, cluster_from_template, create_template  # noqa: E402
+from tests.scenario import Scenario  # noqa: E402
+
+PASSWORD = "Sup3r-s3cret-pw"
+_BINARIES = available_binaries()
+
+
+def pytest_report_header() -> list[str]:
+    return ["postgres versions: " + ", ".join(f"{b.version} ({b.bin_dir})" for b in _BINARIES)]
+
+
+@pytest.fixture(scope="session", params=_BINARIES, ids=[b.label for b in _BINARIES])
+def pg_binaries(request: pytest.FixtureRequest) -> PgBinaries:
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="session")
+def pg_template(pg_binaries: PgBinaries) -> Iterator[Path]:
+    path = create_template(pg_binaries, PASSWORD)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def pg(pg_binaries: PgBinaries, pg_template: Path) -> Iterator[PgCluster]:
+    """A fresh cluster per test: roles are cluster-wide, so tests cannot share one."""
+    cluster = cluster_from_template(pg_template, pg_binaries, PASSWORD)
+    try:
+        yield cluster
+    finally:
+        cluster.stop("immediate")
+        shutil.rmtree(cluster.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    with MotoServer() as server:
+        yield server
+
+
+@pytest.fixture
+def moto(moto_server: MotoServer) -> MotoServer:
+    moto_server.reset()
+    return moto_server
+
+
+@pytest.fixture
+def scenario(pg: PgCluster, moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[Scenario]:
+    sc = Scenario(pg, moto, monkeypatch)
+    try:
+        yield sc
+    finally:
+        sc.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cleanup_airflow_home() -> Iterator[None]:
+    yield
+    shutil.rmtree(_AIRFLOW_HOME, ignore_errors=True)

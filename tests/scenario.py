@@ -1,0 +1,184 @@
+"""A test scenario on one real cluster: create roles, log in for real, ship the real log lines.
+
+The engine under test is built exactly as a DAG task builds it (``Engine.from_airflow`` with
+Airflow connection ids); the scenario only sets those connections and plays Aurora's log export.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from devstack import shipper
+from devstack.motoserver import MotoServer, airflow_aws_conn, boto_client
+from devstack.pgcluster import PgCluster
+from inactive_users.engine import Engine
+from inactive_users.settings import EngineSettings
+
+ROLE_PASSWORD = "r0le-Passw0rd!"
+
+
+class Scenario:
+    cluster_id = "test-aurora"
+    writer = "test-aurora-instance-1"
+    reader = "test-aurora-instance-2"
+    pg_conn_id = "iu_pg"
+    aws_conn_id = "iu_aws"
+
+    def __init__(self, pg: PgCluster, moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.pg = pg
+        self.moto = moto
+        self.monkeypatch = monkeypatch
+        self.admin = pg.connect()
+        self.logs = boto_client(moto.endpoint_url, "logs")
+        self._offset = 0
+        self._held: list[psycopg.Connection] = []
+        self.use_job_user("postgres", pg.password)
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_" + self.aws_conn_id.upper(), json.dumps(airflow_aws_conn(moto.endpoint_url))
+        )
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def use_job_user(self, user: str, password: str) -> None:
+        """Point the job's Airflow Postgres connection at ``user``."""
+        conn = self.pg.airflow_conn(user=user, password=password)
+        self.monkeypatch.setenv("AIRFLOW_CONN_" + self.pg_conn_id.upper(), json.dumps(conn))
+
+    def engine(self, run_id: str = "test-run", master_user: str | None = None, **overrides: Any) -> Engine:
+        settings: dict[str, Any] = {"settle_seconds": 0, "max_action_ratio": 1.0, **overrides}
+        return Engine.from_airflow(
+            self.pg_conn_id,
+            EngineSettings(**settings),
+            run_id=run_id,
+            cluster_id=self.cluster_id,
+            aws_conn_id=self.aws_conn_id,
+            region_name="us-east-1",
+            master_user=master_user,
+        )
+
+    def run(self, *instances: str, **overrides: Any) -> Any:
+        """A full engine run over ``instances`` (default: the writer)."""
+        return self.engine(**overrides).run(list(instances) or [self.writer])
+
+    # -- roles and logins ----------------------------------------------------------------------
+
+    def sql(self, query: str | sql.Composable, *params: Any, dbname: str | None = None) -> list[tuple]:
+        if dbname is None:
+            cur = self.admin.execute(query, params or None)  # type: ignore[arg-type]
+            return cur.fetchall() if cur.description else []
+        with self.pg.connect(dbname=dbname) as conn:
+            cur = conn.execute(query, params or None)  # type: ignore[arg-type]
+            return cur.fetchall() if cur.description else []
+
+    def create_role(self, name: str, attrs: str = "LOGIN", *, via: psycopg.Connection | None = None) -> None:
+        stmt = sql.SQL("CREATE ROLE {} " + attrs + " PASSWORD {}").format(
+            sql.Identifier(name), sql.Literal(ROLE_PASSWORD)
+        )
+        (via or self.admin).execute(stmt)
+
+    def login(self, name: str, *, dbname: str = "postgres", password: str = ROLE_PASSWORD) -> bool:
+        """One real connection as ``name``; True when the server let it in."""
+        try:
+            with psycopg.connect(self.pg.dsn(user=name, password=password, dbname=dbname), connect_timeout=5):
+                return True
+        except psycopg.OperationalError:
+            return False
+
+    def hold_session(self, name: str) -> psycopg.Connection:
+        conn = psycopg.connect(self.pg.dsn(user=name, password=ROLE_PASSWORD), autocommit=True)
+        self._held.append(conn)
+        return conn
+
+    # -- log export ----------------------------------------------------------------------------
+
+    def flush_log(self) -> None:
+        """Wait until everything logged so far is in the log file (a marker line comes after it)."""
+        marker = f"iu-marker-{uuid.uuid4().hex}"
+        self.admin.execute(sql.SQL("DO $$BEGIN RAISE LOG {}; END$$").format(sql.Literal(marker)))
+        deadline = time.monotonic() + 15
+        while marker not in self.pg.logfile.read_text(encoding="utf-8", errors="replace"):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"log marker {marker} never reached {self.pg.logfile}")
+            time.sleep(0.02)
+
+    def ship(self, instance: str | None = None) -> int:
+        """Ship the log lines written since the last ship to ``instance``'s stream (default: writer)."""
+        self.flush_log()
+        shipped, self._offset = shipper.ship_log_file(
+            self.logs, self.cluster_id, instance or self.writer, self.pg.logfile, since_offset=self._offset
+        )
+        return shipped
+
+    def skip_log(self) -> None:
+        """Forget the log written so far (it is never shipped)."""
+        self.flush_log()
+        self._offset = self.pg.logfile.stat().st_size
+
+    def ensure_stream(self, instance: str) -> None:
+        shipper.ship(self.logs, self.cluster_id, instance, [])
+
+    # -- state inspection ----------------------------------------------------------------------
+
+    def statuses(self, schema: str = "inactive_users") -> dict[str, dict[str, Any]]:
+        rows = self.sql(
+            sql.SQL(
+                "SELECT user_name, status, last_login_time, role_oid::bigint, status_reason, "
+                "prior_can_login, prior_conn_limit FROM {}"
+            ).format(sql.Identifier(schema, "user_login_status"))
+        )
+        keys = ("status", "last_login", "oid", "reason", "prior_can_login", "prior_conn_limit")
+        return {r[0]: dict(zip(keys, r[1:], strict=True)) for r in rows}
+
+    def role(self, name: str) -> dict[str, Any] | None:
+        rows = self.sql(
+            "SELECT oid::bigint, rolcanlogin, rolconnlimit FROM pg_roles WHERE rolname = %s", name
+        )
+        return dict(zip(("oid", "can_login", "conn_limit"), rows[0], strict=True)) if rows else None
+
+    def history(self, action: str | None = None, schema: str = "inactive_users") -> list[tuple[str, str, str]]:
+        rows = self.sql(
+            sql.SQL("SELECT action, user_name, coalesce(run_id, '') FROM {} ORDER BY id").format(
+                sql.Identifier(schema, "action_history")
+            )
+        )
+        return [r for r in rows if action is None or r[0] == action]  # type: ignore[misc]
+
+    def set_last_login(self, name: str, days_ago: float, schema: str = "inactive_users") -> datetime:
+        """Seed history: pretend the last login was ``days_ago`` days back."""
+        rows = self.sql(
+            sql.SQL(
+                "UPDATE {} SET last_login_time = now() - %s::interval WHERE user_name = %s RETURNING last_login_time"
+            ).format(sql.Identifier(schema, "user_login_status")),
+            timedelta(days=days_ago),
+            name,
+        )
+        assert rows, f"{name!r} is not tracked"
+        return rows[0][0]  # type: ignore[no-any-return]
+
+    def snapshot(self, schema: str = "inactive_users") -> dict[str, Any]:
+        """Everything a run could change: roles and every state table."""
+        snap: dict[str, Any] = {
+            "roles": self.sql(
+                "SELECT oid::bigint, rolname::text, rolcanlogin, rolconnlimit FROM pg_roles ORDER BY oid"
+            ),
+            "schema": self.sql("SELECT count(*) FROM pg_namespace WHERE nspname = %s", schema),
+        }
+        if snap["schema"][0][0]:
+            for table in ("user_login_status", "user_login_job_status", "action_history"):
+                snap[table] = self.sql(
+                    sql.SQL("SELECT * FROM {} ORDER BY 1").format(sql.Identifier(schema, table))
+                )
+        return snap
+
+    def close(self) -> None:
+        for conn in self._held:
+            conn.close()
+        self.admin.close()
