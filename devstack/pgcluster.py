@@ -121,7 +121,9 @@ class PgCluster:
     def connect(self, **kwargs: str) -> psycopg.Connection:
         return psycopg.connect(self.dsn(**kwargs), autocommit=True)
 
-    def airflow_conn(self, user: str = SUPERUSER, password: str | None = None, dbname: str = "postgres") -> dict:
+    def airflow_conn(
+        self, user: str = SUPERUSER, password: str | None = None, dbname: str = "postgres"
+    ) -> dict:
         """The Airflow connection (JSON form) for this cluster."""
         return {
             "conn_type": "postgres",
@@ -245,7 +247,7 @@ class PgCluster:
         if not self.os_user:
             return
         pw = pwd.getpwnam(self.os_user)
-        for dirpath, dirnames, filenames in os.walk(self.root):
+        for dirpath, _dirnames, filenames in os.walk(self.root):
             os.chown(dirpath, pw.pw_uid, pw.pw_gid)
             for name in filenames:
                 os.chown(os.path.join(dirpath, name), pw.pw_uid, pw.pw_gid)

@@ -18,11 +18,17 @@ os.environ["AIRFLOW_HOME"] = str(_AIRFLOW_HOME)
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.pop("AWS_PROFILE", None)
 
-import pytest  # noqa: E402
+import pytest
 
-from devstack.motoserver import MotoServer  # noqa: E402
-from devstack.pgcluster import PgBinaries, PgCluster, available_binaries, cluster_from_template, create_template  # noqa: E402
-from tests.scenario import Scenario  # noqa: E402
+from devstack.motoserver import MotoServer
+from devstack.pgcluster import (
+    PgBinaries,
+    PgCluster,
+    available_binaries,
+    cluster_from_template,
+    create_template,
+)
+from tests.scenario import Scenario
 
 PASSWORD = "Sup3r-s3cret-pw"
 _BINARIES = available_binaries()

@@ -143,7 +143,9 @@ class Scenario:
         )
         return dict(zip(("oid", "can_login", "conn_limit"), rows[0], strict=True)) if rows else None
 
-    def history(self, action: str | None = None, schema: str = "inactive_users") -> list[tuple[str, str, str]]:
+    def history(
+        self, action: str | None = None, schema: str = "inactive_users"
+    ) -> list[tuple[str, str, str]]:
         rows = self.sql(
             sql.SQL("SELECT action, user_name, coalesce(run_id, '') FROM {} ORDER BY id").format(
                 sql.Identifier(schema, "action_history")
@@ -155,7 +157,8 @@ class Scenario:
         """Seed history: pretend the last login was ``days_ago`` days back."""
         rows = self.sql(
             sql.SQL(
-                "UPDATE {} SET last_login_time = now() - %s::interval WHERE user_name = %s RETURNING last_login_time"
+                "UPDATE {} SET last_login_time = now() - %s::interval WHERE user_name = %s "
+                "RETURNING last_login_time"
             ).format(sql.Identifier(schema, "user_login_status")),
             timedelta(days=days_ago),
             name,

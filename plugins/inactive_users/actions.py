@@ -74,7 +74,7 @@ FOR UPDATE OF u
 
 def _facts(conn: psycopg.Connection, schema: str, names: Sequence[str]) -> dict[str, _Facts]:
     rows = conn.execute(
-        sql.SQL(_FACTS_SQL).format(status=t(schema, "user_login_status")),  # type: ignore[arg-type]
+        sql.SQL(_FACTS_SQL).format(status=t(schema, "user_login_status")),
         [list(names)],
     ).fetchall()
     return {r[0]: _Facts(*r) for r in rows}
@@ -161,7 +161,12 @@ GROUP BY 1, 2, 3, 4
 ORDER BY 1, 2, 3, 4
 """
 
-_DEPTYPE = {"o": "owns", "a": "holds privileges on", "r": "is named in policies on", "i": "initial privileges on"}
+_DEPTYPE = {
+    "o": "owns",
+    "a": "holds privileges on",
+    "r": "is named in policies on",
+    "i": "initial privileges on",
+}
 
 
 def dependency_summaries(conn: psycopg.Connection, oids: Sequence[int]) -> dict[int, str]:
@@ -203,7 +208,9 @@ def delete_roles(
                 try:
                     with conn.transaction():
                         conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(item.name)))
-                        conn.execute(sql.SQL("DELETE FROM {} WHERE user_name = %s").format(status_table), [item.name])
+                        conn.execute(
+                            sql.SQL("DELETE FROM {} WHERE user_name = %s").format(status_table), [item.name]
+                        )
                 except psycopg.Error as exc:
                     if exc.sqlstate != DEPENDENT_OBJECTS_STILL_EXIST:
                         report.outcomes.append(Outcome(item.name, "failed", _error_text(exc), last))
@@ -259,7 +266,9 @@ def unlock_roles(conn: psycopg.Connection, schema: str, names: Sequence[str], ru
         for name in names:
             f = facts.get(name)
             if f is None:
-                report.outcomes.append(Outcome(name, "failed", "not tracked by inactive_users (no status row)"))
+                report.outcomes.append(
+                    Outcome(name, "failed", "not tracked by inactive_users (no status row)")
+                )
                 continue
             if f.status not in (LOCKED, READY_TO_DELETE):
                 report.outcomes.append(Outcome(name, "skipped", f"status is {f.status}, nothing to unlock"))
@@ -287,7 +296,11 @@ def unlock_roles(conn: psycopg.Connection, schema: str, names: Sequence[str], ru
                 report.outcomes.append(Outcome(name, "failed", _error_text(exc)))
                 history.append(("unlock_failed", name, f.oid, _error_text(exc), {}))
                 continue
-            detail = {"restored_can_login": can_login, "restored_conn_limit": limit, "status_before": f.status}
+            detail = {
+                "restored_can_login": can_login,
+                "restored_conn_limit": limit,
+                "status_before": f.status,
+            }
             report.outcomes.append(Outcome(name, "unlocked", "restored recorded attributes"))
             history.append(("unlock", name, f.oid, "unlock requested", detail))
         record_history(conn, schema, run_id, history)

@@ -86,7 +86,9 @@ class CloudWatchLogins:
             agg.feed(message, from_ms(ts_ms))
         return agg.finish(end)
 
-    def _events(self, instance: str, start: datetime, end: datetime, pattern: str) -> Iterator[tuple[int, int, str]]:
+    def _events(
+        self, instance: str, start: datetime, end: datetime, pattern: str
+    ) -> Iterator[tuple[int, int, str]]:
         """(timestamp, kind, message) for every matching event, every page to the end."""
         kind = 0 if pattern == FILTER_LOGINS else 1  # on equal timestamps a login precedes its FATAL
         kwargs: dict[str, Any] = {
@@ -114,7 +116,7 @@ class CloudWatchLogins:
         from botocore.exceptions import ClientError
 
         try:
-            return self.client.filter_log_events(**kwargs)  # type: ignore[no-any-return]
+            return self.client.filter_log_events(**kwargs)
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if code == "ResourceNotFoundException":

@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Protocol
+from datetime import datetime, timedelta
+from typing import Protocol, cast
 
 import psycopg
 
@@ -32,7 +32,7 @@ class SafetyGuardError(RuntimeError):
 
 
 class LoginSource(Protocol):
-    def read(self, instance: str, start: datetime, end: datetime, settle: object) -> LoginSummary: ...
+    def read(self, instance: str, start: datetime, end: datetime, settle: timedelta) -> LoginSummary: ...
 
 
 @dataclass
@@ -91,9 +91,9 @@ class Engine:
         from inactive_users.cloudwatch import CloudWatchLogins
 
         def connect() -> psycopg.Connection:
-            conn = PostgresHook(postgres_conn_id=postgres_conn_id).get_conn()
+            conn = cast(psycopg.Connection, PostgresHook(postgres_conn_id=postgres_conn_id).get_conn())
             conn.autocommit = True
-            return conn  # type: ignore[return-value]
+            return conn
 
         logs = None
         if cluster_id is not None:
@@ -151,7 +151,9 @@ class Engine:
         with self.connection() as conn:
             if self.settings.dry_run:
                 return self._preview_delete(conn, plan.delete)
-            report = actions.delete_roles(conn, self.schema, plan.delete, self.settings.lock_method, self.run_id)
+            report = actions.delete_roles(
+                conn, self.schema, plan.delete, self.settings.lock_method, self.run_id
+            )
         _log_report("delete", report)
         return report
 
@@ -234,7 +236,9 @@ class Engine:
         )
         return result
 
-    def _ingest(self, conn: psycopg.Connection, instances: Sequence[str], now: datetime | None) -> IngestResult:
+    def _ingest(
+        self, conn: psycopg.Connection, instances: Sequence[str], now: datetime | None
+    ) -> IngestResult:
         if self.logs is None:
             raise SettingsError("no log source configured: the engine needs a cluster_id to read logins")
         now = now or state.db_now(conn)
@@ -293,7 +297,9 @@ class Engine:
         )
         return result
 
-    def _plan(self, conn: psycopg.Connection, instances: Sequence[str] | None, as_of: datetime | None) -> Plan:
+    def _plan(
+        self, conn: psycopg.Connection, instances: Sequence[str] | None, as_of: datetime | None
+    ) -> Plan:
         now = state.db_now(conn)
         as_of = as_of or now
         plan = make_plan(
@@ -336,7 +342,13 @@ class Engine:
             blocked = blockers.get(item.oid)
             action = "would_flag_ready_to_delete" if blocked else "would_drop"
             report.outcomes.append(
-                Outcome(item.name, action, f"inactive {item.inactive_days} days", item.last_login.isoformat(), blocked)
+                Outcome(
+                    item.name,
+                    action,
+                    f"inactive {item.inactive_days} days",
+                    item.last_login.isoformat(),
+                    blocked,
+                )
             )
         return report
 

@@ -3,7 +3,7 @@
 PostgreSQL keeps no last-login time, so we derive it from ``log_connections`` lines written with
 Aurora's prefix ``%t:%r:%u@%d:[%p]:``::
 
-    2026-11-26 09:54:51 UTC:10.0.0.7(51244):alice@orders:[5969]:LOG:  connection authorized: user=alice database=orders
+    2026-11-26 09:54:51 UTC:10.0.0.7(51244):al@app:[59]:LOG:  connection authorized: user=al database=app
 
 Rules, and why:
 
@@ -43,17 +43,20 @@ FILTER_FATAL = '"FATAL"'
 # What may follow ``user=U`` (or ``database=D``) in a connection-authorized message, PG 11-18.
 _SUFFIXES = (" application_name=", " SSL enabled (", " GSS (", " database=")
 
-# FATAL messages PostgreSQL emits *after* "connection authorized" that end the session at once.
-_REJECTIONS = (
-    "is not permitted to log in",
-    "too many connections for role",
-    "permission denied for database",
-    "does not exist",
-    "is not currently accepting connections",
-    "too many connections for database",
+# FATAL messages PostgreSQL emits *after* "connection authorized" that end the session at once,
+# by how they start and how they end (names are quoted in the middle).
+_REJECTION_STARTS = (
+    "too many connections for role ",
+    "permission denied for database ",
+    "too many connections for database ",
     "remaining connection slots are reserved",
     "must be superuser or replication role to start walsender",
     "permission denied to start WAL sender",
+)
+_REJECTION_ENDS = (
+    " is not permitted to log in",
+    " does not exist",
+    " is not currently accepting connections",
 )
 
 _TS = re.compile(
@@ -183,7 +186,8 @@ def parse_login(text: str, event_ts: datetime | None = None) -> Login | None:
 
 def _rejected_user(line: Line) -> str | None:
     """The user whose just-authorized session this FATAL line ends, if it is such a rejection."""
-    if line.severity != "FATAL" or not line.message.endswith(_REJECTIONS):
+    msg = line.message
+    if line.severity != "FATAL" or not (msg.startswith(_REJECTION_STARTS) or msg.endswith(_REJECTION_ENDS)):
         return None
     at = line.userdb.find("@")
     return line.userdb[:at] if at >= 0 else None

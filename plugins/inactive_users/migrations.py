@@ -115,7 +115,7 @@ def migrate(conn: psycopg.Connection, schema: str) -> list[int]:
             if version <= have:
                 continue
             for statement in statements:
-                conn.execute(sql.SQL(statement).format(s=ident))  # type: ignore[arg-type]
+                conn.execute(sql.SQL(statement).format(s=ident))
             conn.execute(
                 sql.SQL("INSERT INTO {}.schema_version (version, description) VALUES (%s, %s)").format(ident),
                 [version, description],

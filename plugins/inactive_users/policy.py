@@ -55,7 +55,9 @@ class Exclusions:
             try:
                 compiled.append(re.compile(p))
             except re.error as exc:
-                raise ValueError(f"exclude_patterns: {p!r} is not a valid regular expression: {exc}") from None
+                raise ValueError(
+                    f"exclude_patterns: {p!r} is not a valid regular expression: {exc}"
+                ) from None
         return cls(
             users=frozenset(users),
             patterns=tuple(compiled),

@@ -53,7 +53,9 @@ class EngineSettings:
                 f"lock_after_days ({self.lock_after_days})"
             )
         if self.lock_method not in LOCK_METHODS:
-            raise SettingsError(f"lock_method must be one of {', '.join(LOCK_METHODS)}, got {self.lock_method!r}")
+            raise SettingsError(
+                f"lock_method must be one of {', '.join(LOCK_METHODS)}, got {self.lock_method!r}"
+            )
         if not isinstance(self.max_action_ratio, int | float) or not 0 < self.max_action_ratio <= 1:
             raise SettingsError(f"max_action_ratio must be in (0, 1], got {self.max_action_ratio!r}")
         for key in ("lookback_hours", "overlap_minutes", "max_log_gap_hours"):

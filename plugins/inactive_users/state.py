@@ -179,11 +179,9 @@ SELECT action, user_name, detail->>'old_name' FROM events
 """
 
 
-def sync(
-    conn: psycopg.Connection, schema: str, tracked: Sequence[RoleInfo], run_id: str
-) -> SyncResult:
+def sync(conn: psycopg.Connection, schema: str, tracked: Sequence[RoleInfo], run_id: str) -> SyncResult:
     """Make the status table list exactly ``tracked``; one round trip whatever their number."""
-    query = sql.SQL(_SYNC_SQL).format(  # type: ignore[arg-type]
+    query = sql.SQL(_SYNC_SQL).format(
         status=t(schema, "user_login_status"), history=t(schema, "action_history")
     )
     rows = conn.execute(
@@ -304,7 +302,7 @@ def record_history(
 def db_now(conn: psycopg.Connection) -> datetime:
     row = conn.execute("SELECT now()").fetchone()
     assert row is not None
-    return row[0]  # type: ignore[no-any-return]
+    return row[0]
 
 
 __all__ = [
