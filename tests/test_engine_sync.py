@@ -34,9 +34,11 @@ def test_migrations_are_idempotent_private_and_history_is_append_only(scenario: 
         ("user_login_status", "job"),
     ]
     sc.create_role("other")
-    with psycopg.connect(sc.pg.dsn(user="other", password=ROLE_PASSWORD)) as conn:
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            conn.execute("SELECT * FROM inactive_users.user_login_status")
+    with (
+        psycopg.connect(sc.pg.dsn(user="other", password=ROLE_PASSWORD)) as conn,
+        pytest.raises(psycopg.errors.InsufficientPrivilege),
+    ):
+        conn.execute("SELECT * FROM inactive_users.user_login_status")
 
     sc.create_role("alice")
     eng.sync_roles()
@@ -116,7 +118,9 @@ def test_sync_follows_oids_through_drop_recreate_and_rename(scenario: Scenario) 
     assert result.added == ["carol"]
     reasons = dict(
         (r[0], r[1])
-        for r in sc.sql("SELECT user_name, reason FROM inactive_users.action_history WHERE action = 'sync_remove'")
+        for r in sc.sql(
+            "SELECT user_name, reason FROM inactive_users.action_history WHERE action = 'sync_remove'"
+        )
     )
     assert reasons == {"carol": "role no longer exists", "erin": "role no longer exists"}
 
@@ -178,4 +182,6 @@ def test_state_schema_is_configurable(scenario: Scenario) -> None:
     eng.sync_roles()
     assert list(sc.statuses("iu_state")) == ["hank"]
     assert sc.sql("SELECT count(*) FROM pg_namespace WHERE nspname = 'inactive_users'") == [(0,)]
-    assert sc.sql(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier("iu_state", "action_history"))) == [(1,)]
+    assert sc.sql(
+        sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier("iu_state", "action_history"))
+    ) == [(1,)]

@@ -14,7 +14,9 @@ T = "2026-11-26 09:54:51 UTC"
 WHEN = datetime(2026, 11, 26, 9, 54, 51, tzinfo=UTC)
 
 
-def line(user: str, db: str, message: str, *, remote: str = "10.0.0.7(5000)", pid: int = 42, ts: str = T) -> str:
+def line(
+    user: str, db: str, message: str, *, remote: str = "10.0.0.7(5000)", pid: int = 42, ts: str = T
+) -> str:
     return f"{ts}:{remote}:{user}@{db}:[{pid}]:{message}"
 
 
@@ -28,7 +30,11 @@ def auth(user: str, db: str, suffix: str = "", **kw: object) -> str:
         (auth("alice", "app"), "alice", "app"),
         (auth("alice", "app", " application_name=psql"), "alice", "app"),
         (
-            auth("alice", "app", " SSL enabled (protocol=TLSv1.2, cipher=ECDHE-RSA-AES256-GCM-SHA384, bits=256)"),
+            auth(
+                "alice",
+                "app",
+                " SSL enabled (protocol=TLSv1.2, cipher=ECDHE-RSA-AES256-GCM-SHA384, bits=256)",
+            ),
             "alice",
             "app",
         ),
@@ -67,9 +73,23 @@ def test_genuine_logins_are_recognised(text: str, user: str, database: str) -> N
     "text, user, database",
     [
         (line("rep", "", "LOG:  replication connection authorized: user=rep"), "rep", None),
-        (line("rep", "", "LOG:  replication connection authorized: user=rep application_name=walreceiver"), "rep", None),
-        (line("rep", "", "LOG:  replication connection authorized: user=rep SSL enabled (protocol=TLSv1.3)"), "rep", None),
-        (line("rep", "app", "LOG:  replication connection authorized: user=rep application_name=sub1"), "rep", "app"),
+        (
+            line("rep", "", "LOG:  replication connection authorized: user=rep application_name=walreceiver"),
+            "rep",
+            None,
+        ),
+        (
+            line(
+                "rep", "", "LOG:  replication connection authorized: user=rep SSL enabled (protocol=TLSv1.3)"
+            ),
+            "rep",
+            None,
+        ),
+        (
+            line("rep", "app", "LOG:  replication connection authorized: user=rep application_name=sub1"),
+            "rep",
+            "app",
+        ),
     ],
 )
 def test_replication_logins(text: str, user: str, database: str | None) -> None:
@@ -83,8 +103,16 @@ def test_replication_logins(text: str, user: str, database: str | None) -> None:
     [
         # a logged statement quoting the phrase, with the victim's name in it
         line("mallory", "app", "LOG:  statement: select 'connection authorized: user=victim database=app'"),
-        line("mallory", "app", "LOG:  statement: select ':[1]:LOG:  connection authorized: user=victim database=app'"),
-        line("mallory", "app", "ERROR:  syntax error at or near \"connection authorized: user=victim database=app\""),
+        line(
+            "mallory",
+            "app",
+            "LOG:  statement: select ':[1]:LOG:  connection authorized: user=victim database=app'",
+        ),
+        line(
+            "mallory",
+            "app",
+            'ERROR:  syntax error at or near "connection authorized: user=victim database=app"',
+        ),
         # the prefix user and the message user disagree
         line("mallory", "app", "LOG:  connection authorized: user=victim database=app"),
         line("alice", "app", "LOG:  connection authorized: user=alice database=other"),
@@ -109,7 +137,10 @@ def test_non_logins_are_ignored(text: str) -> None:
 
 
 def test_timestamps_in_other_zones() -> None:
-    assert parse_timestamp("2026-03-08 01:59:59 +03:rest") == (datetime(2026, 3, 7, 22, 59, 59, tzinfo=UTC), 24)
+    assert parse_timestamp("2026-03-08 01:59:59 +03:rest") == (
+        datetime(2026, 3, 7, 22, 59, 59, tzinfo=UTC),
+        24,
+    )
     ts, _ = parse_timestamp("2026-03-08 01:59:59 -0530:rest")  # type: ignore[misc]
     assert ts == datetime(2026, 3, 8, 7, 29, 59, tzinfo=UTC)
     assert parse_timestamp("2026-03-08 01:59:59 EST:rest") == (None, 24)  # ambiguous abbreviation
@@ -141,7 +172,12 @@ def test_authorized_then_rejected_is_not_activity() -> None:
 
 
 def test_rejection_of_another_user_on_the_same_pid_does_not_cancel() -> None:
-    s = summarize([auth("alice", "app", pid=7), line("bob", "app", 'FATAL:  role "bob" is not permitted to log in', pid=7)])
+    s = summarize(
+        [
+            auth("alice", "app", pid=7),
+            line("bob", "app", 'FATAL:  role "bob" is not permitted to log in', pid=7),
+        ]
+    )
     assert s.last_login == {"alice": WHEN}
 
 
@@ -175,8 +211,12 @@ def test_pid_reuse_accepts_the_earlier_session() -> None:
 
 # -- properties ------------------------------------------------------------------------------------
 
-names = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\x00"), min_size=1, max_size=20)
-plain_names = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\x00@"), min_size=1, max_size=20)
+names = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\x00"), min_size=1, max_size=20
+)
+plain_names = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\x00@"), min_size=1, max_size=20
+)
 remotes = st.sampled_from(["[local]", "10.1.2.3(5432)", "::1(1)", "fe80::1%eth0(22)", ""])
 
 
@@ -192,7 +232,9 @@ def test_parser_never_raises(text: str) -> None:
 
 @settings(max_examples=400, deadline=None)
 @given(user=plain_names, db=names, remote=remotes, pid=st.integers(1, 4_000_000), msg=st.text(max_size=120))
-def test_never_credits_anyone_but_the_prefix_user(user: str, db: str, remote: str, pid: int, msg: str) -> None:
+def test_never_credits_anyone_but_the_prefix_user(
+    user: str, db: str, remote: str, pid: int, msg: str
+) -> None:
     """Whatever the message says, a login is only ever credited to the prefix's %u."""
     text = line(user, db, msg, remote=remote, pid=pid)
     login = parse_login(text)
@@ -202,7 +244,9 @@ def test_never_credits_anyone_but_the_prefix_user(user: str, db: str, remote: st
 @settings(max_examples=300, deadline=None)
 @given(user=plain_names, db=names, remote=remotes, victim=names, stmt=st.text(max_size=60))
 def test_logged_statements_cannot_spoof(user: str, db: str, remote: str, victim: str, stmt: str) -> None:
-    text = line(user, db, f"LOG:  statement: {stmt} connection authorized: user={victim} database={db}", remote=remote)
+    text = line(
+        user, db, f"LOG:  statement: {stmt} connection authorized: user={victim} database={db}", remote=remote
+    )
     assert parse_login(text) is None
 
 

@@ -68,7 +68,9 @@ def test_managed_roles_keeps_roles_we_hold_locked() -> None:
 
 
 def test_plan_thresholds_and_statuses() -> None:
-    roles = {i: role(i, n) for i, n in enumerate(["fresh", "idle", "old", "older_locked", "flagged", "busy"], 1)}
+    roles = {
+        i: role(i, n) for i, n in enumerate(["fresh", "idle", "old", "older_locked", "flagged", "busy"], 1)
+    }
     states = [
         UserState("fresh", 1, ago(10), ACTIVE),
         UserState("idle", 2, ago(95), ACTIVE),
@@ -129,7 +131,20 @@ def test_log_gap_guard() -> None:
 # -- property: excluded roles are never acted on -----------------------------------------------
 
 role_names = st.sampled_from(
-    ["alice", "bob", "svc_app", "tmp_1", "tmp_22", "rdsadmin", "rds_x", "pg_y", "master", "root", "ann", "zed"]
+    [
+        "alice",
+        "bob",
+        "svc_app",
+        "tmp_1",
+        "tmp_22",
+        "rdsadmin",
+        "rds_x",
+        "pg_y",
+        "master",
+        "root",
+        "ann",
+        "zed",
+    ]
 )
 
 

@@ -55,9 +55,9 @@ def fetch_roles(conn: psycopg.Connection, exempt_groups: Iterable[str]) -> dict[
 
 def fetch_states(conn: psycopg.Connection, schema: str) -> list[UserState]:
     rows = conn.execute(
-        sql.SQL("SELECT user_name, role_oid::bigint, last_login_time, status FROM {}").format(
-            t(schema, "user_login_status")
-        )
+        sql.SQL(
+            "SELECT user_name, role_oid::bigint, last_login_time, status FROM {} ORDER BY user_name"
+        ).format(t(schema, "user_login_status"))
     ).fetchall()
     return [UserState(r[0], r[1], r[2], r[3]) for r in rows]
 
