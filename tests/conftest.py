@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +18,8 @@ from pathlib import Path
 _AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="iu-airflow-home-"))
 os.environ["AIRFLOW_HOME"] = str(_AIRFLOW_HOME)
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parents[1] / "dags")
+os.environ["INACTIVE_USERS_CONFIG"] = str(_AIRFLOW_HOME / "no-config-yet.yaml")
 os.environ.pop("AWS_PROFILE", None)
 
 import pytest
@@ -28,6 +32,7 @@ from devstack.pgcluster import (
     cluster_from_template,
     create_template,
 )
+from tests.dagrun import DagHarness
 from tests.scenario import Scenario
 
 PASSWORD = "Sup3r-s3cret-pw"
@@ -80,6 +85,18 @@ def scenario(pg: PgCluster, moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -
         yield sc
     finally:
         sc.close()
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> None:
+    """Airflow's metadata DB (SQLite in the session's AIRFLOW_HOME), which dag.test() needs."""
+    airflow = Path(sys.executable).parent / "airflow"
+    subprocess.run([str(airflow), "db", "migrate"], check=True, capture_output=True, env=os.environ.copy())
+
+
+@pytest.fixture
+def dag_harness(scenario: Scenario, tmp_path: Path, airflow_db: None) -> DagHarness:
+    return DagHarness(scenario, tmp_path)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -196,3 +196,29 @@ def test_instance_without_connection_events_blocks_all_actions(scenario: Scenari
     assert sc.writer not in str(err.value).split("on ", 1)[1]
     assert sc.role("stale")["can_login"] is True  # type: ignore[index]
     assert sc.history("lock") == []
+
+
+def test_every_page_is_read_with_the_server_side_filters(scenario: Scenario) -> None:
+    from inactive_users.cloudwatch import CloudWatchLogins
+
+    sc = scenario
+    names = [f"p{i}" for i in range(7)]
+    for name in names:
+        sc.create_role(name)
+    eng = sc.engine(page_size=2)
+    eng.migrate()
+    eng.sync_roles()
+    for name in names:
+        sc.set_last_login(name, 20)
+        assert sc.login(name)
+    assert not sc.login("p0", password="wrong")
+    sc.ship()
+
+    source = eng.logs
+    assert isinstance(source, CloudWatchLogins)
+    result = eng.ingest([sc.writer])
+    assert result.rows_advanced == 7
+    # logins: (7 roles + the job's own) / 2 per page; FATAL: 1 event; each query ends on a last page
+    assert source.stats.requests >= 5
+    total_lines = len(sc.pg.log_lines())
+    assert source.stats.events < total_lines  # only connection and FATAL lines travelled

@@ -110,13 +110,18 @@ def _mark_locked(
 
 
 def lock_roles(
-    conn: psycopg.Connection, schema: str, items: Sequence[Planned], method: str, run_id: str
+    conn: psycopg.Connection,
+    schema: str,
+    items: Sequence[Planned],
+    method: str,
+    run_id: str,
+    lease_run_id: str | None = None,
 ) -> ActionReport:
     """Lock each planned role, recording what it had so unlock can restore it exactly."""
     report = ActionReport()
     history: list[tuple[str, str, int | None, str, dict]] = []
     with conn.transaction():
-        take_action_lock(conn, schema)
+        take_action_lock(conn, schema, lease_run_id)
         facts = _facts(conn, schema, [i.name for i in items])
         for item in items:
             f = facts.get(item.name)
@@ -182,7 +187,12 @@ def dependency_summaries(conn: psycopg.Connection, oids: Sequence[int]) -> dict[
 
 
 def delete_roles(
-    conn: psycopg.Connection, schema: str, items: Sequence[Planned], method: str, run_id: str
+    conn: psycopg.Connection,
+    schema: str,
+    items: Sequence[Planned],
+    method: str,
+    run_id: str,
+    lease_run_id: str | None = None,
 ) -> ActionReport:
     """Drop each planned role that nothing depends on; flag (and lock) the rest ReadyToDelete.
 
@@ -192,7 +202,7 @@ def delete_roles(
     history: list[tuple[str, str, int | None, str, dict]] = []
     status_table = t(schema, "user_login_status")
     with conn.transaction():
-        take_action_lock(conn, schema)
+        take_action_lock(conn, schema, lease_run_id)
         facts = _facts(conn, schema, [i.name for i in items])
         blockers = dependency_summaries(conn, [i.oid for i in items])
         for item in items:
@@ -256,12 +266,18 @@ def _flag_ready_to_delete(
     return Outcome(f.name, "ready_to_delete", reason, blockers=blockers)
 
 
-def unlock_roles(conn: psycopg.Connection, schema: str, names: Sequence[str], run_id: str) -> ActionReport:
+def unlock_roles(
+    conn: psycopg.Connection,
+    schema: str,
+    names: Sequence[str],
+    run_id: str,
+    lease_run_id: str | None = None,
+) -> ActionReport:
     """Restore exactly the attributes recorded at lock time and restart the role's clock."""
     report = ActionReport()
     history: list[tuple[str, str, int | None, str, dict]] = []
     with conn.transaction():
-        take_action_lock(conn, schema)
+        take_action_lock(conn, schema, lease_run_id)
         facts = _facts(conn, schema, names)
         for name in names:
             f = facts.get(name)

@@ -21,7 +21,15 @@ import psycopg
 from inactive_users import actions, migrations, state
 from inactive_users.actions import ActionReport, Outcome
 from inactive_users.logparse import LoginSummary
-from inactive_users.policy import Exclusions, Plan, Planned, log_gap_error, make_plan, managed_roles
+from inactive_users.policy import (
+    READY_TO_DELETE,
+    Exclusions,
+    Plan,
+    Planned,
+    log_gap_error,
+    make_plan,
+    managed_roles,
+)
 from inactive_users.settings import EngineSettings, SettingsError
 
 log = logging.getLogger("inactive_users")
@@ -65,8 +73,10 @@ class Engine:
         run_id: str = "manual",
         master_user: str | None = None,
         logs: LoginSource | None = None,
+        use_lease: bool = False,
     ) -> None:
         self._connect = connect
+        self.use_lease = use_lease
         self.settings = settings
         self.run_id = run_id
         self.master_user = master_user
@@ -84,6 +94,8 @@ class Engine:
         aws_conn_id: str | None = "aws_default",
         region_name: str | None = None,
         master_user: str | None = None,
+        log_group: str | None = None,
+        use_lease: bool = False,
     ) -> Engine:
         """An engine whose credentials all come from Airflow connections."""
         from airflow.providers.postgres.hooks.postgres import PostgresHook
@@ -97,8 +109,10 @@ class Engine:
 
         logs = None
         if cluster_id is not None:
-            logs = CloudWatchLogins(cluster_id, aws_conn_id, region_name, page_size=settings.page_size)
-        return cls(connect, settings, run_id=run_id, master_user=master_user, logs=logs)
+            logs = CloudWatchLogins(
+                cluster_id, aws_conn_id, region_name, page_size=settings.page_size, log_group=log_group
+            )
+        return cls(connect, settings, run_id=run_id, master_user=master_user, logs=logs, use_lease=use_lease)
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection]:
@@ -121,6 +135,34 @@ class Engine:
         with self.connection() as conn:
             return migrations.pending(conn, self.schema)
 
+    @property
+    def lease_run_id(self) -> str | None:
+        return self.run_id if self.use_lease else None
+
+    def acquire_lease(self, ttl: timedelta) -> None:
+        with self.connection() as conn:
+            state.acquire_lease(conn, self.schema, self.run_id, ttl)
+        log.info("run lease taken by %s for up to %s", self.run_id, ttl)
+
+    def release_lease(self) -> None:
+        with self.connection() as conn:
+            released = state.release_lease(conn, self.schema, self.run_id)
+        log.info("run lease %s", "released" if released else "was not held by this run")
+
+    def check_log_connections(self) -> str:
+        """The server's ``log_connections``; raises if logins are not being logged."""
+        with self.connection() as conn:
+            row = conn.execute("SELECT current_setting('log_connections')").fetchone()
+        value = str(row[0]) if row else ""
+        tokens = {v.strip().lower() for v in value.split(",")}
+        if tokens & {"on", "true", "1", "yes", "all", "authorization"}:
+            return value
+        raise SettingsError(
+            f"log_connections is {value!r} on this server, so logins are not logged and every user "
+            "would look inactive. Set log_connections = 1 (PostgreSQL 18: 'on' or a list including "
+            "'authorization') in the DB cluster parameter group and reboot, then re-run."
+        )
+
     # -- steps ----------------------------------------------------------------------------------
 
     def sync_roles(self) -> state.SyncResult:
@@ -140,7 +182,9 @@ class Engine:
         if self.settings.dry_run or not plan.lock:
             return _preview(plan.lock, "would_lock")
         with self.connection() as conn:
-            report = actions.lock_roles(conn, self.schema, plan.lock, self.settings.lock_method, self.run_id)
+            report = actions.lock_roles(
+                conn, self.schema, plan.lock, self.settings.lock_method, self.run_id, self.lease_run_id
+            )
         _log_report("lock", report)
         return report
 
@@ -163,7 +207,7 @@ class Engine:
         if self.settings.dry_run:
             return ActionReport([Outcome(n, "would_unlock") for n in names])
         with self.connection() as conn:
-            report = actions.unlock_roles(conn, self.schema, list(names), self.run_id)
+            report = actions.unlock_roles(conn, self.schema, list(names), self.run_id, self.lease_run_id)
         _log_report("unlock", report)
         return report
 
@@ -213,7 +257,7 @@ class Engine:
 
     def _sync(self, conn: psycopg.Connection) -> state.SyncResult:
         started = time.monotonic()
-        state.take_action_lock(conn, self.schema)
+        state.take_action_lock(conn, self.schema, self.lease_run_id)
         roles = state.fetch_roles(conn, self.settings.exempt_groups)
         held = state.held_oids(state.fetch_states(conn, self.schema))
         managed = managed_roles(roles.values(), self.exclusions(conn), held)
@@ -280,7 +324,7 @@ class Engine:
                 time.monotonic() - started,
             )
         with conn.transaction():
-            state.take_action_lock(conn, self.schema)
+            state.take_action_lock(conn, self.schema, self.lease_run_id)
             result.rows_advanced = state.apply_logins(conn, self.schema, total.last_login)
             result.active_sessions = state.touch_active_sessions(
                 conn, self.schema, state.active_session_oids(conn)
@@ -340,7 +384,12 @@ class Engine:
         report = ActionReport()
         for item in items:
             blocked = blockers.get(item.oid)
-            action = "would_flag_ready_to_delete" if blocked else "would_drop"
+            if not blocked:
+                action = "would_drop"
+            elif item.status == READY_TO_DELETE:
+                action = "still_ready_to_delete"
+            else:
+                action = "would_flag_ready_to_delete"
             report.outcomes.append(
                 Outcome(
                     item.name,

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import psycopg
 from psycopg import sql
 
 from inactive_users.migrations import lock_key
-from inactive_users.policy import ACTIVE, LOCKED, READY_TO_DELETE, RoleInfo, UserState
+from inactive_users.policy import LOCKED, READY_TO_DELETE, RoleInfo, UserState
 
 
 class ConcurrentRunError(RuntimeError):
@@ -25,14 +25,59 @@ def t(schema: str, table: str) -> sql.Identifier:
     return sql.Identifier(schema, table)
 
 
-def take_action_lock(conn: psycopg.Connection, schema: str) -> None:
-    """Inside a transaction: make sure no other run acts on this cluster at the same time."""
+def take_action_lock(conn: psycopg.Connection, schema: str, lease_run_id: str | None = None) -> None:
+    """Inside a transaction: make sure no other run acts on this cluster at the same time.
+
+    With ``lease_run_id`` (a DAG run, whose tasks run in separate processes) the run must also hold
+    the cluster's run lease, taken by its preflight task.
+    """
     row = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", [lock_key(schema, "act")]).fetchone()
     if not row or not row[0]:
         raise ConcurrentRunError(
             f"another inactive_users run holds the action lock for state schema {schema!r} "
             "on this cluster; this run changed nothing"
         )
+    if lease_run_id is None:
+        return
+    holder = conn.execute(
+        sql.SQL("SELECT run_id, expires_at FROM {} WHERE expires_at > now()").format(t(schema, "run_lease"))
+    ).fetchone()
+    if holder is None or holder[0] != lease_run_id:
+        who = f"run {holder[0]!r} (until {holder[1].isoformat()})" if holder else "no run (it expired)"
+        raise ConcurrentRunError(
+            f"run {lease_run_id!r} does not hold the run lease of this cluster; {who} holds it. "
+            "This run changed nothing; re-run it from preflight."
+        )
+
+
+def acquire_lease(conn: psycopg.Connection, schema: str, run_id: str, ttl: timedelta) -> None:
+    """Take (or renew) the cluster's run lease; fail if another live run holds it."""
+    with conn.transaction():
+        row = conn.execute(
+            sql.SQL(
+                "INSERT INTO {0} AS l (singleton, run_id, acquired_at, expires_at) "
+                "VALUES (true, %s, now(), now() + %s) "
+                "ON CONFLICT (singleton) DO UPDATE SET run_id = EXCLUDED.run_id, "
+                "acquired_at = now(), expires_at = EXCLUDED.expires_at "
+                "WHERE l.run_id = EXCLUDED.run_id OR l.expires_at <= now() RETURNING run_id"
+            ).format(t(schema, "run_lease")),
+            [run_id, ttl],
+        ).fetchone()
+        if row is not None:
+            return
+        holder = conn.execute(
+            sql.SQL("SELECT run_id, acquired_at, expires_at FROM {}").format(t(schema, "run_lease"))
+        ).fetchone()
+    assert holder is not None
+    raise ConcurrentRunError(
+        f"another run ({holder[0]!r}, started {holder[1].isoformat()}) holds the run lease of this "
+        f"cluster until {holder[2].isoformat()}; this run stops without changing anything"
+    )
+
+
+def release_lease(conn: psycopg.Connection, schema: str, run_id: str) -> bool:
+    cur = conn.execute(sql.SQL("DELETE FROM {} WHERE run_id = %s").format(t(schema, "run_lease")), [run_id])
+    return cur.rowcount > 0
 
 
 _ROLES_SQL = """
@@ -303,24 +348,3 @@ def db_now(conn: psycopg.Connection) -> datetime:
     row = conn.execute("SELECT now()").fetchone()
     assert row is not None
     return row[0]
-
-
-__all__ = [
-    "ACTIVE",
-    "ConcurrentRunError",
-    "SyncResult",
-    "Watermark",
-    "active_session_oids",
-    "apply_logins",
-    "db_now",
-    "fetch_roles",
-    "fetch_states",
-    "fetch_watermarks",
-    "held_oids",
-    "job_user",
-    "record_history",
-    "save_watermarks",
-    "sync",
-    "take_action_lock",
-    "touch_active_sessions",
-]

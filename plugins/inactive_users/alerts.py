@@ -1,0 +1,168 @@
+"""Tell the DBA: compose the alert (pure) and send it through SNS, Slack and e-mail.
+
+Messages carry role names, actions, last-login times and blockers; never connection details.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from inactive_users.config import AlertConfig
+
+log = logging.getLogger("inactive_users")
+
+#: Outcome actions worth telling someone about (a re-check of an already flagged role is not).
+ALERTING = {
+    "locked": "Locked",
+    "dropped": "Dropped (DROP ROLE)",
+    "ready_to_delete": "Flagged ReadyToDelete (not dropped: objects depend on the role)",
+    "failed": "FAILED (the role was left as it was)",
+    "would_lock": "Would lock",
+    "would_drop": "Would drop (DROP ROLE)",
+    "would_flag_ready_to_delete": "Would flag ReadyToDelete (objects depend on the role)",
+}
+_ORDER = list(ALERTING)
+_CREDENTIALS_IN_URI = re.compile(r"(\w+://)[^/\s:@]+:[^/\s@]+@")
+_PASSWORD_PAIR = re.compile(r"(password\s*[=:]\s*)\S+", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Alert:
+    subject: str
+    body: str
+
+
+def alerting_outcomes(outcomes: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return [o for o in outcomes if o.get("action") in ALERTING]
+
+
+def compose(
+    cluster_id: str,
+    run_id: str,
+    outcomes: Sequence[Mapping[str, Any]],
+    *,
+    dry_run: bool,
+    as_of: str | None = None,
+) -> Alert | None:
+    """The alert for one run, or None when nobody was locked, dropped, flagged or failed."""
+    items = alerting_outcomes(outcomes)
+    if not items:
+        return None
+    counts: dict[str, int] = {}
+    for o in items:
+        counts[o["action"]] = counts.get(o["action"], 0) + 1
+    summary = ", ".join(
+        f"{n} {a.replace('_', ' ')}" for a, n in sorted(counts.items(), key=lambda kv: _ORDER.index(kv[0]))
+    )
+    label = "DRY RUN " if dry_run else ""
+    subject = _subject(f"[inactive_users] {label}{cluster_id}: {summary}")
+    lines = [f"Cluster: {cluster_id}", f"Run: {run_id}"]
+    if dry_run:
+        lines.append(
+            "DRY RUN: nothing was changed. This is the plan a real run would carry out"
+            + (f" at {as_of}." if as_of else ".")
+        )
+    for action in _ORDER:
+        group = [o for o in items if o["action"] == action]
+        if not group:
+            continue
+        lines += ["", f"{ALERTING[action]}: {len(group)}"]
+        for o in group:
+            line = f"  - {o['name']}: last login {o.get('last_login') or 'unknown'}"
+            if o.get("reason"):
+                line += f"; {o['reason']}"
+            if o.get("blockers"):
+                line += f"; blocked by: {o['blockers']}"
+            lines.append(line)
+    lines += [
+        "",
+        "Unlock a role by triggering this DAG with unlock_users; finish a ReadyToDelete role by hand "
+        "(REASSIGN OWNED / DROP OWNED in each database listed, then DROP ROLE).",
+    ]
+    return Alert(subject, scrub("\n".join(lines)))
+
+
+def compose_failure(cluster_id: str, run_id: str, task_id: str, error: BaseException | str | None) -> Alert:
+    text = scrub(f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error))
+    body = (
+        f"Cluster: {cluster_id}\nRun: {run_id}\nTask: {task_id}\n\n"
+        f"The task failed: {text[:2000]}\n\nSee the task log in Airflow for details."
+    )
+    return Alert(_subject(f"[inactive_users] FAILED {cluster_id}: task {task_id}"), body)
+
+
+def scrub(text: str) -> str:
+    """Remove credentials that might ride along in an error message."""
+    return _PASSWORD_PAIR.sub(r"\1***", _CREDENTIALS_IN_URI.sub(r"\1***@", text))
+
+
+def _subject(text: str) -> str:
+    # SNS subjects: at most 100 printable ASCII characters, no line breaks.
+    ascii_only = "".join(c if 32 <= ord(c) < 127 else "?" for c in text)
+    return ascii_only if len(ascii_only) <= 100 else ascii_only[:97] + "..."
+
+
+def send(alert: Alert, cfg: AlertConfig, *, aws_conn_id: str | None, region_name: str | None) -> list[str]:
+    """Send through every configured notifier; returns where it went. One notifier failing is logged
+    and the others still run; if all configured notifiers fail, the last error is raised."""
+    sent: list[str] = []
+    errors: list[Exception] = []
+    if cfg.sns_topic_arn:
+        try:
+            _send_sns(alert, cfg.sns_topic_arn, aws_conn_id, region_name)
+            sent.append(f"sns:{cfg.sns_topic_arn}")
+        except Exception as exc:
+            log.error("SNS alert to %s failed: %s", cfg.sns_topic_arn, scrub(str(exc)))
+            errors.append(exc)
+    if cfg.slack_conn_id:
+        try:
+            _send_slack(alert, cfg.slack_conn_id)
+            sent.append(f"slack:{cfg.slack_conn_id}")
+        except Exception as exc:
+            log.error("Slack alert through %s failed: %s", cfg.slack_conn_id, scrub(str(exc)))
+            errors.append(exc)
+    if cfg.email:
+        try:
+            _send_email(alert, cfg.email)
+            sent.append("email:" + ",".join(cfg.email))
+        except Exception as exc:
+            log.error("e-mail alert to %s failed: %s", ", ".join(cfg.email), scrub(str(exc)))
+            errors.append(exc)
+    if errors and not sent:
+        raise errors[-1]
+    if not cfg.any:
+        log.warning("no notifier configured (alert.sns_topic_arn / slack_conn_id / email); alert only logged")
+    return sent
+
+
+def _send_sns(alert: Alert, topic_arn: str, aws_conn_id: str | None, region_name: str | None) -> None:
+    from airflow.providers.amazon.aws.hooks.sns import SnsHook
+
+    SnsHook(aws_conn_id=aws_conn_id, region_name=region_name).publish_to_target(
+        target_arn=topic_arn, message=alert.body, subject=alert.subject
+    )
+
+
+def _send_slack(alert: Alert, conn_id: str) -> None:
+    try:
+        from airflow.providers.slack.hooks.slack_webhook import SlackWebhookHook
+    except ImportError as exc:
+        raise RuntimeError(
+            "alert.slack_conn_id is set but apache-airflow-providers-slack is not installed"
+        ) from exc
+    SlackWebhookHook(slack_webhook_conn_id=conn_id).send(text=f"*{alert.subject}*\n```{alert.body}```")
+
+
+def _send_email(alert: Alert, to: Sequence[str]) -> None:
+    from html import escape
+
+    from airflow.providers.smtp.hooks.smtp import SmtpHook
+
+    with SmtpHook() as hook:
+        hook.send_email_smtp(
+            to=list(to), subject=alert.subject, html_content=f"<pre>{escape(alert.body)}</pre>"
+        )

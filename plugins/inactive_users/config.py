@@ -1,0 +1,325 @@
+"""The YAML configuration: one entry per cluster, validated with messages that name entry and key.
+
+Reading the file is the only work done when Airflow parses the DAG file: no database, no AWS.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from inactive_users.settings import EngineSettings, SettingsError
+
+CONFIG_ENV = "INACTIVE_USERS_CONFIG"
+DAG_ID_PREFIX = "inactive_users__"
+
+# Keys of ``defaults`` and of each cluster entry that tune the engine (all optional).
+ENGINE_KEYS = (
+    "lock_after_days",
+    "delete_after_days",
+    "lock_method",
+    "dry_run",
+    "exclude_users",
+    "exclude_patterns",
+    "exempt_groups",
+    "include_superusers",
+    "max_action_ratio",
+    "lookback_hours",
+    "overlap_minutes",
+    "max_log_gap_hours",
+    "state_schema",
+    "page_size",
+    "settle_seconds",
+)
+OTHER_DEFAULT_KEYS = ("schedule", "alert", "retries", "lease_hours")
+CLUSTER_ONLY_KEYS = (
+    "cluster_id",
+    "postgres_conn_id",
+    "aws_conn_id",
+    "region_name",
+    "instances",
+    "master_user",
+    "log_group",
+)
+ALERT_KEYS = ("sns_topic_arn", "slack_conn_id", "email")
+_TYPES: dict[str, tuple[type, ...]] = {
+    "lock_after_days": (int, type(None)),
+    "delete_after_days": (int, type(None)),
+    "lock_method": (str,),
+    "dry_run": (bool,),
+    "exclude_users": (list,),
+    "exclude_patterns": (list,),
+    "exempt_groups": (list,),
+    "include_superusers": (bool,),
+    "max_action_ratio": (int, float),
+    "lookback_hours": (int, float),
+    "overlap_minutes": (int, float),
+    "max_log_gap_hours": (int, float),
+    "state_schema": (str,),
+    "page_size": (int,),
+    "settle_seconds": (int,),
+    "schedule": (str, type(None)),
+    "alert": (dict,),
+    "retries": (int,),
+    "lease_hours": (int, float),
+    "cluster_id": (str,),
+    "postgres_conn_id": (str,),
+    "aws_conn_id": (str, type(None)),
+    "region_name": (str, type(None)),
+    "instances": (list, type(None)),
+    "master_user": (str, type(None)),
+    "log_group": (str, type(None)),
+}
+_CLUSTER_ID = re.compile(r"[A-Za-z][A-Za-z0-9-]{0,62}")
+
+
+class ConfigError(ValueError):
+    """The configuration is wrong; the message names the entry, the key and the value."""
+
+
+@dataclass(frozen=True)
+class AlertConfig:
+    sns_topic_arn: str | None = None
+    slack_conn_id: str | None = None
+    email: tuple[str, ...] = ()
+
+    @property
+    def any(self) -> bool:
+        return bool(self.sns_topic_arn or self.slack_conn_id or self.email)
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    cluster_id: str
+    postgres_conn_id: str
+    aws_conn_id: str | None = "aws_default"
+    region_name: str | None = None
+    schedule: str | None = "@daily"
+    settings: EngineSettings = field(default_factory=EngineSettings)
+    alert: AlertConfig = field(default_factory=AlertConfig)
+    retries: int = 2
+    lease_hours: float = 6
+    instances: tuple[str, ...] | None = None  # set for RDS / self-managed: no DescribeDBClusters
+    master_user: str | None = None
+    log_group: str | None = None
+
+    @property
+    def dag_id(self) -> str:
+        return dag_id_for(self.cluster_id)
+
+
+def dag_id_for(cluster_id: str) -> str:
+    return DAG_ID_PREFIX + re.sub(r"[^A-Za-z0-9_]", "_", cluster_id)
+
+
+@dataclass
+class LoadedConfig:
+    clusters: list[ClusterConfig]
+    errors: list[str]  # one message per bad entry; the good entries still load
+    path: Path
+
+
+def default_path() -> Path:
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "dags" / "inactive_users.yaml"
+
+
+def load(path: str | os.PathLike[str] | None = None) -> LoadedConfig:
+    """Read and validate the whole file; a broken file is an error, a broken entry only that entry's."""
+    p = Path(path) if path is not None else default_path()
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {p} not found (set {CONFIG_ENV} to its path)") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {p}: the top level must be a mapping with 'defaults' and 'clusters'")
+    unknown = sorted(set(raw) - {"defaults", "clusters"})
+    if unknown:
+        raise ConfigError(f"config file {p}: unknown top-level key(s) {unknown}; expected defaults, clusters")
+    defaults = raw.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise ConfigError(f"config file {p}: 'defaults' must be a mapping")
+    _check_keys("defaults", defaults, ENGINE_KEYS + OTHER_DEFAULT_KEYS)
+    clusters_raw = raw.get("clusters") or []
+    if not isinstance(clusters_raw, list):
+        raise ConfigError(f"config file {p}: 'clusters' must be a list of cluster entries")
+
+    clusters: list[ClusterConfig] = []
+    errors: list[str] = []
+    seen: dict[str, str] = {}
+    for index, entry in enumerate(clusters_raw, start=1):
+        label = _label(index, entry)
+        try:
+            cluster = parse_cluster(entry, defaults, label)
+            if cluster.dag_id in seen:
+                raise ConfigError(
+                    f"{label}: DAG id {cluster.dag_id} is already used by {seen[cluster.dag_id]}"
+                )
+        except ConfigError as exc:
+            errors.append(str(exc))
+            continue
+        seen[cluster.dag_id] = label
+        clusters.append(cluster)
+    return LoadedConfig(clusters, errors, p)
+
+
+def _label(index: int, entry: object) -> str:
+    cid = entry.get("cluster_id") if isinstance(entry, dict) else None
+    return f"clusters[{index}] ({cid!r})" if cid else f"clusters[{index}]"
+
+
+def _check_keys(label: str, mapping: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
+    for key, value in mapping.items():
+        if key not in allowed:
+            raise ConfigError(f"{label}: unknown key {key!r} (allowed: {', '.join(sorted(allowed))})")
+        types = _TYPES.get(key)
+        if types and (not isinstance(value, types) or (isinstance(value, bool) and bool not in types)):
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise ConfigError(f"{label}: {key} must be {names}, got {value!r}")
+
+
+def parse_cluster(entry: object, defaults: Mapping[str, Any], label: str) -> ClusterConfig:
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{label}: each cluster entry must be a mapping, got {entry!r}")
+    _check_keys(label, entry, ENGINE_KEYS + OTHER_DEFAULT_KEYS + CLUSTER_ONLY_KEYS)
+    for key in ("cluster_id", "postgres_conn_id"):
+        if not entry.get(key):
+            raise ConfigError(f"{label}: {key} is required")
+    if not _CLUSTER_ID.fullmatch(entry["cluster_id"]):
+        raise ConfigError(f"{label}: cluster_id {entry['cluster_id']!r} is not a valid DB cluster identifier")
+    merged = {**defaults, **entry}
+    engine_values = {k: merged[k] for k in ENGINE_KEYS if k in merged}
+    for key in ("exclude_users", "exclude_patterns", "exempt_groups"):
+        if key in engine_values:
+            engine_values[key] = tuple(engine_values[key])
+    try:
+        settings = EngineSettings(**engine_values)
+    except SettingsError as exc:
+        raise ConfigError(f"{label}: {exc}") from None
+    alert = _parse_alert(label, {**(defaults.get("alert") or {}), **(entry.get("alert") or {})})
+    instances = merged.get("instances")
+    if instances is not None and (not instances or not all(isinstance(i, str) and i for i in instances)):
+        raise ConfigError(f"{label}: instances must be a non-empty list of instance names, got {instances!r}")
+    retries = merged.get("retries", 2)
+    if retries < 0:
+        raise ConfigError(f"{label}: retries must be >= 0, got {retries!r}")
+    lease = merged.get("lease_hours", 6)
+    if lease <= 0:
+        raise ConfigError(f"{label}: lease_hours must be > 0, got {lease!r}")
+    return ClusterConfig(
+        cluster_id=entry["cluster_id"],
+        postgres_conn_id=entry["postgres_conn_id"],
+        aws_conn_id=merged.get("aws_conn_id", "aws_default"),
+        region_name=merged.get("region_name"),
+        schedule=merged.get("schedule", "@daily"),
+        settings=settings,
+        alert=alert,
+        retries=retries,
+        lease_hours=lease,
+        instances=tuple(instances) if instances else None,
+        master_user=merged.get("master_user"),
+        log_group=merged.get("log_group"),
+    )
+
+
+def _parse_alert(label: str, raw: Mapping[str, Any]) -> AlertConfig:
+    for key, value in raw.items():
+        if key not in ALERT_KEYS:
+            raise ConfigError(f"{label}: unknown key alert.{key} (allowed: {', '.join(ALERT_KEYS)})")
+        if key == "email":
+            if not isinstance(value, list) or not all(isinstance(v, str) and "@" in v for v in value):
+                raise ConfigError(f"{label}: alert.email must be a list of e-mail addresses, got {value!r}")
+        elif value is not None and not isinstance(value, str):
+            raise ConfigError(f"{label}: alert.{key} must be a string or null, got {value!r}")
+    arn = raw.get("sns_topic_arn")
+    if arn and not arn.startswith("arn:"):
+        raise ConfigError(f"{label}: alert.sns_topic_arn must be an SNS topic ARN, got {arn!r}")
+    return AlertConfig(arn, raw.get("slack_conn_id"), tuple(raw.get("email") or ()))
+
+
+# -- per-run overrides from the trigger form ---------------------------------------------------
+
+RUN_PARAMS = ("dry_run", "lock_after_days", "delete_after_days", "exclude_users", "unlock_users", "as_of")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    settings: EngineSettings
+    unlock_users: tuple[str, ...]
+    as_of: datetime | None
+    sources: dict[str, str]  # value provenance, for the task log
+
+
+def run_options(cluster: ClusterConfig, conf: Mapping[str, Any] | None) -> RunOptions:
+    """The settings of one run: the cluster's config, overridden by the trigger's conf for this run only.
+
+    ``exclude_users`` from the trigger is added to the configured list (a run can protect more
+    roles, never fewer).
+    """
+    conf = dict(conf or {})
+    unknown = sorted(set(conf) - set(RUN_PARAMS))
+    if unknown:
+        raise ConfigError(f"unknown trigger parameter(s) {unknown}; accepted: {', '.join(RUN_PARAMS)}")
+    base = cluster.settings
+    sources = {k: "config" for k in ("dry_run", "lock_after_days", "delete_after_days", "exclude_users")}
+    changes: dict[str, Any] = {}
+    for key in ("dry_run", "lock_after_days", "delete_after_days"):
+        if key in conf and conf[key] != getattr(base, key):
+            changes[key] = conf[key]
+            sources[key] = "trigger conf"
+    if key_set(conf, "dry_run") and not isinstance(conf["dry_run"], bool):
+        raise ConfigError(f"trigger parameter dry_run must be true or false, got {conf['dry_run']!r}")
+    extra_excludes = _str_list(conf, "exclude_users")
+    if set(extra_excludes) - set(base.exclude_users):
+        changes["exclude_users"] = tuple(dict.fromkeys([*base.exclude_users, *extra_excludes]))
+        sources["exclude_users"] = "config + trigger conf"
+    try:
+        settings = replace(base, **changes) if changes else base
+    except SettingsError as exc:
+        raise ConfigError(f"trigger parameters: {exc}") from None
+    unlock = tuple(_str_list(conf, "unlock_users"))
+    if unlock:
+        sources["unlock_users"] = "trigger conf"
+    as_of = _as_of(conf.get("as_of"), settings.dry_run)
+    if as_of is not None:
+        sources["as_of"] = "trigger conf"
+    return RunOptions(settings, unlock, as_of, sources)
+
+
+def key_set(conf: Mapping[str, Any], key: str) -> bool:
+    return conf.get(key) is not None
+
+
+def _str_list(conf: Mapping[str, Any], key: str) -> list[str]:
+    value = conf.get(key) or []
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"trigger parameter {key} must be a list of role names, got {value!r}")
+    return value
+
+
+def _as_of(value: object, dry_run: bool) -> datetime | None:
+    if value in (None, ""):
+        return None
+    if not dry_run:
+        raise ConfigError(
+            "trigger parameter as_of is accepted only together with dry_run: true "
+            "(it previews what a future date would do)"
+        )
+    try:
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"trigger parameter as_of must be an ISO-8601 date-time, got {value!r}") from None
+    if parsed.tzinfo is None:
+        raise ConfigError(f"trigger parameter as_of must include a time zone (e.g. 'Z'), got {value!r}")
+    return parsed

@@ -1,0 +1,189 @@
+"""Build one DAG per configured cluster.
+
+Parse-time work is reading the YAML and creating DAG objects: no database or AWS calls, and the
+heavy imports (hooks, psycopg) happen inside tasks. A bad cluster entry becomes an import error that
+names it, while the other clusters' DAGs still load.
+"""
+
+from __future__ import annotations
+
+import functools
+from datetime import UTC, datetime, timedelta
+from os import PathLike
+from typing import Any
+
+from airflow.sdk import DAG, Param, TriggerRule, task
+
+from inactive_users import config, steps
+from inactive_users.config import ClusterConfig, LoadedConfig
+
+TASK_IDS = (
+    "preflight",
+    "sync_roles",
+    "ingest_logins",
+    "plan",
+    "choose_actions",
+    "lock_users",
+    "delete_users",
+    "nothing_to_do",
+    "alert",
+    "report",
+)
+CONFIG_ERRORS_DAG_ID = "inactive_users__config_errors"
+
+
+class ConfigErrorsDag(DAG):
+    """Stands for the bad entries: Airflow's DagBag records its validation error as an import error."""
+
+    config_errors: tuple[str, ...] = ()
+
+    def validate(self) -> None:
+        raise config.ConfigError(
+            "invalid inactive_users cluster entries (the other clusters' DAGs are loaded): "
+            + " | ".join(self.config_errors)
+        )
+
+
+def params_for(cluster: ClusterConfig) -> dict[str, Param]:
+    s = cluster.settings
+    return {
+        "dry_run": Param(s.dry_run, type="boolean", description="Plan and alert only; change nothing."),
+        "lock_after_days": Param(
+            s.lock_after_days,
+            type=["integer", "null"],
+            minimum=1,
+            description="Lock after this many days; null: never.",
+        ),
+        "delete_after_days": Param(
+            s.delete_after_days,
+            type=["integer", "null"],
+            minimum=1,
+            description="Drop (or flag ReadyToDelete) after this many days; null: never.",
+        ),
+        "exclude_users": Param(
+            list(s.exclude_users),
+            type="array",
+            items={"type": "string"},
+            description="Roles never touched in this run (added to the configured list).",
+        ),
+        "unlock_users": Param(
+            [],
+            type="array",
+            items={"type": "string"},
+            description="Unlock these roles first (restores their attributes).",
+        ),
+        "as_of": Param(
+            None,
+            type=["string", "null"],
+            description="ISO-8601 evaluation time, e.g. 2027-03-01T00:00:00Z; only with dry_run: true.",
+        ),
+    }
+
+
+def build_dag(cluster: ClusterConfig) -> DAG:
+    on_failure = functools.partial(steps.on_failure, cluster)
+    default_args: dict[str, Any] = {
+        "owner": "dba",
+        "retries": cluster.retries,
+        "retry_delay": timedelta(seconds=30),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": timedelta(minutes=10),
+        "on_failure_callback": on_failure,
+    }
+    with DAG(
+        dag_id=cluster.dag_id,
+        description=f"Lock / drop dormant PostgreSQL login roles on {cluster.cluster_id}",
+        schedule=cluster.schedule,
+        start_date=datetime(2024, 1, 1, tzinfo=UTC),
+        catchup=False,
+        max_active_runs=1,
+        default_args=default_args,
+        params=params_for(cluster),
+        tags=["inactive_users", "security", "postgres"],
+        doc_md=_doc(cluster),
+    ) as dag:
+
+        @task(task_id="preflight")
+        def preflight(**context: Any) -> dict[str, Any]:
+            return steps.preflight(cluster, context)
+
+        @task(task_id="sync_roles")
+        def sync_roles(**context: Any) -> dict[str, Any]:
+            return steps.sync_roles(cluster, context)
+
+        @task(task_id="ingest_logins")
+        def ingest_logins(**context: Any) -> dict[str, Any]:
+            return steps.ingest_logins(cluster, context)
+
+        @task(task_id="plan")
+        def plan(**context: Any) -> dict[str, Any]:
+            return steps.plan(cluster, context)
+
+        @task.branch(task_id="choose_actions")
+        def choose_actions(**context: Any) -> list[str]:
+            return steps.choose_actions(context)
+
+        @task(task_id="lock_users")
+        def lock_users(**context: Any) -> dict[str, Any]:
+            return steps.lock_users(cluster, context)
+
+        # runs after lock_users when both were chosen, alone when only it was
+        @task(task_id="delete_users", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
+        def delete_users(**context: Any) -> dict[str, Any]:
+            return steps.delete_users(cluster, context)
+
+        @task(task_id="nothing_to_do")
+        def nothing_to_do(**context: Any) -> None:
+            steps.nothing_to_do(context)
+
+        @task(task_id="alert", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS, retries=cluster.retries)
+        def alert(**context: Any) -> dict[str, Any]:
+            return steps.alert(cluster, context)
+
+        @task(task_id="report", trigger_rule=TriggerRule.ALL_DONE, retries=0)
+        def report(**context: Any) -> dict[str, Any]:
+            return steps.report(cluster, context)
+
+        branch = choose_actions()
+        lock, delete, idle = lock_users(), delete_users(), nothing_to_do()
+        preflight() >> sync_roles() >> ingest_logins() >> plan() >> branch
+        branch >> [lock, delete, idle]
+        lock >> delete
+        notify = alert()
+        [lock, delete, idle] >> notify
+        notify >> report()
+    return dag
+
+
+def config_errors_dag(loaded: LoadedConfig) -> DAG:
+    dag = ConfigErrorsDag(
+        dag_id=CONFIG_ERRORS_DAG_ID,
+        schedule=None,
+        start_date=datetime(2024, 1, 1, tzinfo=UTC),
+        description=f"Errors in {loaded.path}",
+    )
+    dag.config_errors = tuple(loaded.errors)
+    return dag
+
+
+def build_dags(path: str | PathLike[str] | None = None) -> dict[str, DAG]:
+    """All DAGs of the config file, keyed by DAG id (for the DAG file's globals)."""
+    loaded = config.load(path)
+    dags = {c.dag_id: build_dag(c) for c in loaded.clusters}
+    if loaded.errors:
+        dags[CONFIG_ERRORS_DAG_ID] = config_errors_dag(loaded)
+    return dags
+
+
+def _doc(cluster: ClusterConfig) -> str:
+    s = cluster.settings
+    return (
+        f"### Inactive PostgreSQL users on `{cluster.cluster_id}`\n\n"
+        f"Lock after **{s.lock_after_days}** days ({s.lock_method}), "
+        f"drop after **{s.delete_after_days}** days "
+        f"(ReadyToDelete when objects depend on the role); dry run: **{s.dry_run}**; "
+        f"safety guard: at most {s.max_action_ratio:.0%} of candidates per run.\n\n"
+        "Trigger with `unlock_users` to unlock roles; with `dry_run: true` and `as_of` to preview a date.\n\n"
+        f"State: schema `{s.state_schema}` in the target database "
+        "(`user_login_status`, `action_history`)."
+    )

@@ -1,0 +1,362 @@
+"""What each DAG task does: a thin call into the engine plus a readable task log and a small XCom.
+
+Every function takes the cluster's config and the Airflow task context and returns JSON-safe data
+(counts and role names; never log events, never connection details). Errors that a retry cannot
+fix become ``AirflowFailException`` so Airflow fails fast with the message that says what to fix.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict
+from datetime import timedelta
+from typing import Any
+
+from inactive_users import alerts
+from inactive_users.actions import ActionReport
+from inactive_users.cloudwatch import LogSourceError
+from inactive_users.config import ClusterConfig, ConfigError, RunOptions, run_options
+from inactive_users.engine import Engine, SafetyGuardError
+from inactive_users.settings import SettingsError
+from inactive_users.state import ConcurrentRunError
+
+log = logging.getLogger("inactive_users")
+
+MAX_NAMES_IN_XCOM = 1000
+
+
+class PreflightError(RuntimeError):
+    """The cluster is not set up for the job; the message says how to fix it."""
+
+
+PERMANENT = (ConfigError, SettingsError, SafetyGuardError, LogSourceError, ConcurrentRunError, PreflightError)
+
+
+@contextmanager
+def permanent_errors() -> Iterator[None]:
+    """Fail without retries on errors a retry cannot fix."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    try:
+        yield
+    except PERMANENT as exc:
+        log.error("%s", exc)
+        raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+
+
+def options(cluster: ClusterConfig, context: Mapping[str, Any]) -> RunOptions:
+    dag_run = context.get("dag_run")
+    conf = getattr(dag_run, "conf", None) or {}
+    return run_options(cluster, conf)
+
+
+def engine(
+    cluster: ClusterConfig, context: Mapping[str, Any], opts: RunOptions, master_user: str | None
+) -> Engine:
+    return Engine.from_airflow(
+        cluster.postgres_conn_id,
+        opts.settings,
+        run_id=str(context["run_id"]),
+        cluster_id=cluster.cluster_id,
+        aws_conn_id=cluster.aws_conn_id,
+        region_name=cluster.region_name,
+        master_user=master_user,
+        log_group=cluster.log_group,
+        use_lease=not opts.settings.dry_run,
+    )
+
+
+def _preflight_result(context: Mapping[str, Any]) -> dict[str, Any]:
+    result = context["ti"].xcom_pull(task_ids="preflight")
+    if not result:
+        raise PreflightError("no result from the preflight task of this run; re-run the DAG from preflight")
+    return dict(result)
+
+
+def _from_preflight(
+    cluster: ClusterConfig, context: Mapping[str, Any]
+) -> tuple[Engine, RunOptions, list[str]]:
+    pre = _preflight_result(context)
+    opts = options(cluster, context)
+    return engine(cluster, context, opts, pre.get("master_user")), opts, list(pre["instances"])
+
+
+def _names(names: list[str]) -> list[str]:
+    return names[:MAX_NAMES_IN_XCOM]
+
+
+def _outcomes(report: ActionReport) -> list[dict[str, Any]]:
+    return [asdict(o) for o in report.outcomes]
+
+
+# -- tasks ----------------------------------------------------------------------------------------
+
+
+def preflight(cluster: ClusterConfig, context: Mapping[str, Any]) -> dict[str, Any]:
+    """Check the cluster is set up (log export, log_connections, schema) and take the run lease."""
+    with permanent_errors():
+        opts = options(cluster, context)
+        for key, source in sorted(opts.sources.items()):
+            value = getattr(opts.settings, key, None) if key not in ("unlock_users", "as_of") else None
+            if key == "unlock_users":
+                value = list(opts.unlock_users)
+            elif key == "as_of":
+                value = opts.as_of.isoformat() if opts.as_of else None
+            log.info("setting %s = %r (from %s)", key, value, source)
+        if cluster.instances is not None:
+            instances, master_user = list(cluster.instances), cluster.master_user
+            log.info("instances from config (no DescribeDBClusters): %s", instances)
+        else:
+            instances, master_user = describe_cluster(cluster)
+        eng = engine(cluster, context, opts, master_user)
+        log_connections = eng.check_log_connections()
+        log.info("log_connections = %s", log_connections)
+        if opts.settings.dry_run:
+            pending = eng.pending_migrations()
+            log.info(
+                "dry run: state schema migrations pending %s are applied only inside the preview", pending
+            )
+        else:
+            eng.migrate()
+            eng.acquire_lease(timedelta(hours=cluster.lease_hours))
+    return {
+        "instances": instances,
+        "master_user": master_user,
+        "log_connections": log_connections,
+        "dry_run": opts.settings.dry_run,
+    }
+
+
+def describe_cluster(cluster: ClusterConfig) -> tuple[list[str], str | None]:
+    """Members (writer first) and master user of the Aurora cluster; checks the log export."""
+    from airflow.providers.amazon.aws.hooks.rds import RdsHook
+    from botocore.exceptions import ClientError
+
+    client = RdsHook(aws_conn_id=cluster.aws_conn_id, region_name=cluster.region_name).conn
+    try:
+        found = client.describe_db_clusters(DBClusterIdentifier=cluster.cluster_id)["DBClusters"]
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "DBClusterNotFoundFault":
+            raise PreflightError(
+                f"DB cluster {cluster.cluster_id!r} not found in region {client.meta.region_name}: check "
+                "cluster_id and region_name (or set 'instances' for RDS / self-managed PostgreSQL)"
+            ) from None
+        raise
+    info = found[0]
+    exports = info.get("EnabledCloudwatchLogsExports") or []
+    if "postgresql" not in exports:
+        raise PreflightError(
+            f"cluster {cluster.cluster_id!r} does not export its PostgreSQL log to CloudWatch Logs "
+            f"(EnabledCloudwatchLogsExports={exports}). Fix: aws rds modify-db-cluster "
+            f"--db-cluster-identifier {cluster.cluster_id} --cloudwatch-logs-export-configuration "
+            '\'{"EnableLogTypes":["postgresql"]}\''
+        )
+    members = sorted(
+        info.get("DBClusterMembers") or [],
+        key=lambda m: (not m.get("IsClusterWriter"), m["DBInstanceIdentifier"]),
+    )
+    instances = [m["DBInstanceIdentifier"] for m in members]
+    if not instances:
+        raise PreflightError(f"cluster {cluster.cluster_id!r} has no instances to read logs from")
+    master_user = info.get("MasterUsername")
+    log.info(
+        "cluster %s: instances %s (writer first), master user %r excluded",
+        cluster.cluster_id,
+        instances,
+        master_user,
+    )
+    return instances, master_user
+
+
+def sync_roles(cluster: ClusterConfig, context: Mapping[str, Any]) -> dict[str, Any]:
+    with permanent_errors():
+        eng, opts, _ = _from_preflight(cluster, context)
+        if opts.settings.dry_run:
+            log.info(
+                "dry run: unlock and sync are previewed by the plan task inside a rolled-back transaction"
+            )
+            return {"dry_run": True}
+        unlocked = eng.unlock(opts.unlock_users)
+        result = eng.sync_roles()
+    return {
+        "unlock": _outcomes(unlocked),
+        "tracked": result.tracked,
+        "added": _names(result.added),
+        "removed": _names(result.removed),
+        "renamed": [list(p) for p in result.renamed[:MAX_NAMES_IN_XCOM]],
+        "unlocked_externally": _names(result.unlocked_externally),
+    }
+
+
+def ingest_logins(cluster: ClusterConfig, context: Mapping[str, Any]) -> dict[str, Any]:
+    with permanent_errors():
+        eng, opts, instances = _from_preflight(cluster, context)
+        if opts.settings.dry_run:
+            log.info(
+                "dry run: logins are read by the plan task and applied only inside its rolled-back preview"
+            )
+            return {"dry_run": True}
+        result = eng.ingest(instances)
+    return {
+        "instances": result.instances,
+        "users_seen": result.users_seen,
+        "rows_advanced": result.rows_advanced,
+        "active_sessions": _names(result.active_sessions),
+        "rejected_after_authorization": dict(list(result.rejected.items())[:MAX_NAMES_IN_XCOM]),
+        "failed_authentications": sum(result.failed_auth.values()),
+    }
+
+
+def plan(cluster: ClusterConfig, context: Mapping[str, Any]) -> dict[str, Any]:
+    with permanent_errors():
+        eng, opts, instances = _from_preflight(cluster, context)
+        if opts.settings.dry_run:
+            report = eng.preview(instances, as_of=opts.as_of, unlock_users=opts.unlock_users)
+            assert report.plan is not None
+            summary = report.plan.summary()
+            summary["preview"] = _outcomes(report.unlock) + _outcomes(report.lock) + _outcomes(report.delete)
+        else:
+            the_plan = eng.plan(instances)
+            if the_plan.guard_error:
+                raise SafetyGuardError(the_plan.guard_error)
+            summary = the_plan.summary()
+    summary["dry_run"] = opts.settings.dry_run
+    summary["lock"] = _names(summary["lock"])  # type: ignore[arg-type]
+    summary["delete"] = _names(summary["delete"])  # type: ignore[arg-type]
+    return summary
+
+
+def choose_actions(context: Mapping[str, Any]) -> list[str]:
+    planned = context["ti"].xcom_pull(task_ids="plan") or {}
+    follow = [t for t, key in (("lock_users", "lock"), ("delete_users", "delete")) if planned.get(key)]
+    log.info("following %s", follow or ["nothing_to_do"])
+    return follow or ["nothing_to_do"]
+
+
+def _act(cluster: ClusterConfig, context: Mapping[str, Any], which: str) -> dict[str, Any]:
+    with permanent_errors():
+        planned = context["ti"].xcom_pull(task_ids="plan") or {}
+        names = set(planned.get(which) or [])
+        if planned.get("dry_run"):
+            preview = [
+                o for o in planned.get("preview", []) if o["name"] in names and o["action"] != "would_unlock"
+            ]
+            for o in preview:
+                log.info("dry run: %r %s (%s)", o["name"], o["action"], o.get("blockers") or o.get("reason"))
+            return {"dry_run": True, "outcomes": preview}
+        eng, _, instances = _from_preflight(cluster, context)
+        fresh = eng.plan(instances)  # re-check at action time: someone may have logged in since
+        if fresh.guard_error:
+            raise SafetyGuardError(fresh.guard_error)
+        items = [p for p in (fresh.lock if which == "lock" else fresh.delete) if p.name in names]
+        dropped_from_plan = sorted(names - {p.name for p in items})
+        if dropped_from_plan:
+            log.info("no longer qualifying since the plan (left alone): %s", dropped_from_plan)
+        fresh.lock, fresh.delete = (items, []) if which == "lock" else ([], items)
+        report = eng.lock(fresh) if which == "lock" else eng.delete(fresh)
+    return {"dry_run": False, "outcomes": _outcomes(report)}
+
+
+def lock_users(cluster: ClusterConfig, context: Mapping[str, Any]) -> dict[str, Any]:
+    return _act(cluster, context, "lock")
+
+
+def delete_users(cluster: ClusterConfig, context: Mapping[str, Any]) -> dict[str, Any]:
+    return _act(cluster, context, "delete")
+
+
+def nothing_to_do(context: Mapping[str, Any]) -> None:
+    planned = context["ti"].xcom_pull(task_ids="plan") or {}
+    log.info(
+        "no role reached a threshold: %s candidates checked, %s kept active by an open session",
+        planned.get("candidates"),
+        len(planned.get("kept_active_session") or []),
+    )
+
+
+def _action_outcomes(context: Mapping[str, Any]) -> list[dict[str, Any]]:
+    outcomes: list[dict[str, Any]] = []
+    for task_id in ("lock_users", "delete_users"):
+        result = context["ti"].xcom_pull(task_ids=task_id) or {}
+        outcomes += result.get("outcomes", [])
+    return outcomes
+
+
+def alert(cluster: ClusterConfig, context: Mapping[str, Any]) -> dict[str, Any]:
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    planned = context["ti"].xcom_pull(task_ids="plan") or {}
+    message = alerts.compose(
+        cluster.cluster_id,
+        str(context["run_id"]),
+        _action_outcomes(context),
+        dry_run=bool(planned.get("dry_run")),
+        as_of=planned.get("as_of") if planned.get("dry_run") else None,
+    )
+    if message is None:
+        raise AirflowSkipException("nobody was locked, dropped or flagged: no alert")
+    log.info("alert:\n%s\n%s", message.subject, message.body)
+    sent = alerts.send(
+        message, cluster.alert, aws_conn_id=cluster.aws_conn_id, region_name=cluster.region_name
+    )
+    log.info("alert sent to %s", sent or "no notifier (logged only)")
+    return {"subject": message.subject, "sent": sent}
+
+
+class RunHadFailures(RuntimeError):
+    """Raised by ``report`` so the DAG run is marked failed; failures were already alerted."""
+
+
+def report(cluster: ClusterConfig, context: Mapping[str, Any]) -> dict[str, Any]:
+    ti = context["ti"]
+    run_id = str(context["run_id"])
+    pre = ti.xcom_pull(task_ids="preflight") or {}
+    planned = ti.xcom_pull(task_ids="plan") or {}
+    outcomes = _action_outcomes(context)
+    sync = ti.xcom_pull(task_ids="sync_roles") or {}
+    outcomes = list(sync.get("unlock", [])) + outcomes
+    rows = [f"{'role':<40} {'action':<28} {'last login':<34} detail"]
+    for o in outcomes:
+        detail = o.get("blockers") or o.get("reason") or ""
+        rows.append(f"{o['name'][:40]:<40} {o['action']:<28} {o.get('last_login') or '-'!s:<34} {detail}")
+    log.info(
+        "run %s on %s%s: %s candidates, %d outcomes\n%s",
+        run_id,
+        cluster.cluster_id,
+        " (DRY RUN)" if planned.get("dry_run") else "",
+        planned.get("candidates", "?"),
+        len(outcomes),
+        "\n".join(rows),
+    )
+    if pre and not pre.get("dry_run"):
+        try:
+            with permanent_errors():
+                engine(cluster, context, options(cluster, context), pre.get("master_user")).release_lease()
+        except Exception as exc:  # the lease expires by itself; do not hide the run's own result
+            log.warning("could not release the run lease: %s", alerts.scrub(str(exc)))
+    states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[run_id]).get(run_id, {})
+    failed_tasks = sorted(
+        t for t, s in states.items() if s in ("failed", "upstream_failed") and t != "report"
+    )
+    failed_roles = [o["name"] for o in outcomes if o["action"] == "failed"]
+    if failed_tasks or failed_roles:
+        raise RunHadFailures(
+            f"failed tasks: {failed_tasks or 'none'}; roles whose action failed: {failed_roles or 'none'}"
+        )
+    return {"outcomes": len(outcomes), "failed": 0}
+
+
+def on_failure(cluster: ClusterConfig, context: Mapping[str, Any]) -> None:
+    """Alert through the same notifiers when a task fails (never raises)."""
+    error = context.get("exception")
+    if isinstance(error, RunHadFailures):
+        return  # each failed task alerted itself, and failed roles were in the run's alert
+    ti = context.get("ti")
+    task_id = getattr(ti, "task_id", "?")
+    try:
+        message = alerts.compose_failure(cluster.cluster_id, str(context.get("run_id")), task_id, error)
+        alerts.send(message, cluster.alert, aws_conn_id=cluster.aws_conn_id, region_name=cluster.region_name)
+    except Exception as exc:
+        log.error("failure alert could not be sent: %s", alerts.scrub(str(exc)))

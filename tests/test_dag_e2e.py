@@ -1,0 +1,78 @@
+"""The generated DAG, run end to end with dag.test() against real PostgreSQL and the moto server."""
+
+from __future__ import annotations
+
+from tests.dagrun import MASTER, DagHarness
+from tests.scenario import Scenario
+
+
+def test_timeline(scenario: Scenario, dag_harness: DagHarness) -> None:
+    sc, h = scenario, dag_harness
+    for name in ["active_w", "active_r", "idle100", "gone200", "owner200", "svc_batch", "quiet", MASTER]:
+        sc.create_role(name)
+    sc.sql("CREATE DATABASE app2")
+    sc.sql("CREATE TABLE ledger (id int)", dbname="app2")
+    sc.sql("ALTER TABLE ledger OWNER TO owner200", dbname="app2")
+    h.write_config(exclude_users=["svc_batch"])
+    eng = sc.engine()
+    eng.migrate()
+    # history carried over from the AWS sample Lambda: rows by name, no OID
+    sc.sql(
+        "INSERT INTO inactive_users.user_login_status (user_name, last_login_time, status) VALUES "
+        "('active_w', now() - interval '120 days', 'Active'), ('active_r', now() - interval '120 days', 'Active'), "
+        "('idle100', now() - interval '100 days', 'Active'), ('gone200', now() - interval '200 days', 'Active'), "
+        "('owner200', now() - interval '200 days', 'Active'), ('svc_batch', now() - interval '200 days', 'Active')"
+    )
+    assert sc.login("active_w")
+    sc.ship(sc.writer)
+    assert sc.login("active_r")
+    sc.ship(sc.reader)
+
+    states = h.run()
+    assert states["preflight"] == "success" and states["report"] == "success", states
+    assert states["nothing_to_do"] == "skipped" and states["alert"] == "success"
+    st = sc.statuses()
+    assert st["active_w"]["status"] == "Active" and st["active_r"]["status"] == "Active"
+    assert st["idle100"]["status"] == "Locked" and sc.role("idle100")["can_login"] is False  # type: ignore[index]
+    assert sc.role("gone200") is None and "gone200" not in st
+    assert st["owner200"]["status"] == "ReadyToDelete"
+    assert "svc_batch" not in st and MASTER not in st
+    assert sc.role("svc_batch")["can_login"] is True  # type: ignore[index]
+
+    [alert] = h.messages()
+    assert "test-aurora" in alert["subject"]
+    body = alert["message"]
+    assert "Locked: 1" in body and "idle100: last login" in body
+    assert "Dropped (DROP ROLE): 1" in body and "gone200" in body
+    assert "owner200" in body and "blocked by: owns 1 object (pg_class) in database app2" in body
+    assert "svc_batch" not in body and "active_w" not in body
+
+    # a second run the same day changes nothing and sends no alert
+    before = sc.snapshot()
+    states = h.run()
+    assert states["alert"] == "skipped" and states["report"] == "success", states
+    assert h.messages() == []
+    after = sc.snapshot()
+    assert after["roles"] == before["roles"]
+    assert after["user_login_status"] == before["user_login_status"]
+
+    # unlock through the trigger form
+    states = h.run({"unlock_users": ["idle100"]})
+    assert states["report"] == "success"
+    assert sc.statuses()["idle100"]["status"] == "Active"
+    assert sc.role("idle100")["can_login"] is True  # type: ignore[index]
+    assert sc.login("idle100")
+
+    # a dry run changes nothing and alerts a labelled plan
+    sc.set_last_login("quiet", 95)
+    before = sc.snapshot()
+    states = h.run({"dry_run": True})
+    assert states["report"] == "success", states
+    assert sc.snapshot()["roles"] == before["roles"]
+    assert sc.snapshot()["user_login_status"] == before["user_login_status"]
+    assert sc.snapshot()["action_history"] == before["action_history"]
+    [plan] = h.messages()
+    assert plan["subject"].startswith("[inactive_users] DRY RUN test-aurora")
+    assert "DRY RUN: nothing was changed" in plan["message"] and "Would lock: 1" in plan["message"]
+    assert "quiet: last login" in plan["message"]
+    assert "owner200" not in plan["message"]  # still ReadyToDelete: nothing new to say
