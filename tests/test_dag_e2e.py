@@ -17,12 +17,14 @@ def test_timeline(scenario: Scenario, dag_harness: DagHarness) -> None:
     eng = sc.engine()
     eng.migrate()
     # history carried over from the AWS sample Lambda: rows by name, no OID
-    sc.sql(
-        "INSERT INTO inactive_users.user_login_status (user_name, last_login_time, status) VALUES "
-        "('active_w', now() - interval '120 days', 'Active'), ('active_r', now() - interval '120 days', 'Active'), "
-        "('idle100', now() - interval '100 days', 'Active'), ('gone200', now() - interval '200 days', 'Active'), "
-        "('owner200', now() - interval '200 days', 'Active'), ('svc_batch', now() - interval '200 days', 'Active')"
-    )
+    legacy = {"active_w": 120, "active_r": 120, "idle100": 100, "gone200": 200, "owner200": 200, "svc_batch": 200}
+    for name, days in legacy.items():
+        sc.sql(
+            "INSERT INTO inactive_users.user_login_status (user_name, last_login_time, status) "
+            "VALUES (%s, now() - make_interval(days => %s), 'Active')",
+            name,
+            days,
+        )
     assert sc.login("active_w")
     sc.ship(sc.writer)
     assert sc.login("active_r")
