@@ -17,7 +17,14 @@ def test_timeline(scenario: Scenario, dag_harness: DagHarness) -> None:
     eng = sc.engine()
     eng.migrate()
     # history carried over from the AWS sample Lambda: rows by name, no OID
-    legacy = {"active_w": 120, "active_r": 120, "idle100": 100, "gone200": 200, "owner200": 200, "svc_batch": 200}
+    legacy = {
+        "active_w": 120,
+        "active_r": 120,
+        "idle100": 100,
+        "gone200": 200,
+        "owner200": 200,
+        "svc_batch": 200,
+    }
     for name, days in legacy.items():
         sc.sql(
             "INSERT INTO inactive_users.user_login_status (user_name, last_login_time, status) "
