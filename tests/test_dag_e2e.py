@@ -85,3 +85,34 @@ def test_timeline(scenario: Scenario, dag_harness: DagHarness) -> None:
     assert "DRY RUN: nothing was changed" in plan["message"] and "Would lock: 1" in plan["message"]
     assert "quiet: last login" in plan["message"]
     assert "owner200" not in plan["message"]  # still ReadyToDelete: nothing new to say
+
+
+def test_preflight_fails_clearly_when_the_log_export_is_off(
+    scenario: Scenario, dag_harness: DagHarness
+) -> None:
+    sc, h = scenario, dag_harness
+    h.create_aurora("no-export", exports=["upgrade"])
+    h.write_config(cluster_id="no-export")
+    states = h.run(dag_id="inactive_users__no_export")
+    assert states["preflight"] == "failed"
+    assert states["sync_roles"] == "upstream_failed" and states["lock_users"] == "upstream_failed"
+    assert states["report"] == "failed"  # the run is red
+    [alert] = h.messages()  # one alert: the failing task's; report does not repeat it
+    assert alert["subject"] == "[inactive_users] FAILED no-export: task preflight"
+    assert "does not export its PostgreSQL log to CloudWatch Logs" in alert["message"]
+    assert "--cloudwatch-logs-export-configuration" in alert["message"]
+    assert sc.sql("SELECT count(*) FROM pg_namespace WHERE nspname = 'inactive_users'") == [(0,)]
+
+
+def test_preflight_fails_clearly_when_log_connections_is_off(
+    scenario: Scenario, dag_harness: DagHarness
+) -> None:
+    sc, h = scenario, dag_harness
+    sc.sql("ALTER SYSTEM SET log_connections = off")
+    sc.pg.reload()
+    states = h.run()
+    assert states["preflight"] == "failed" and states["report"] == "failed"
+    [alert] = h.messages()
+    assert "log_connections is 'off'" in alert["message"]
+    assert "parameter group" in alert["message"]
+    assert sc.pg.password not in alert["message"]

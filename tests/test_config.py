@@ -1,0 +1,188 @@
+"""The YAML interface and per-run overrides: every bad value is named in the error."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from inactive_users.config import ConfigError, dag_id_for, load, run_options
+
+ENTRY = {"cluster_id": "orders-prod", "postgres_conn_id": "orders_pg"}
+
+
+def write(tmp_path: Path, doc: Any) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(doc if isinstance(doc, str) else yaml.safe_dump(doc), encoding="utf-8")
+    return path
+
+
+def one(tmp_path: Path, defaults: dict[str, Any] | None = None, **entry: Any):  # type: ignore[no-untyped-def]
+    loaded = load(write(tmp_path, {"defaults": defaults or {}, "clusters": [{**ENTRY, **entry}]}))
+    return loaded
+
+
+def test_defaults_apply_and_clusters_override(tmp_path: Path) -> None:
+    loaded = one(
+        tmp_path,
+        defaults={"lock_after_days": 60, "exclude_users": ["app"], "alert": {"email": ["dba@example.com"]}},
+        delete_after_days=None,
+        region_name="eu-west-1",
+        alert={"sns_topic_arn": "arn:aws:sns:eu-west-1:1:t"},
+    )
+    assert loaded.errors == []
+    c = loaded.clusters[0]
+    assert (c.settings.lock_after_days, c.settings.delete_after_days) == (60, None)
+    assert c.settings.exclude_users == ("app",)
+    assert c.region_name == "eu-west-1" and c.aws_conn_id == "aws_default" and c.schedule == "@daily"
+    assert c.alert.email == ("dba@example.com",) and c.alert.sns_topic_arn == "arn:aws:sns:eu-west-1:1:t"
+    assert c.dag_id == "inactive_users__orders_prod"
+
+
+def test_shipped_example_config_is_valid() -> None:
+    loaded = load(Path(__file__).resolve().parents[1] / "dags" / "inactive_users.yaml")
+    assert loaded.errors == [] and [c.cluster_id for c in loaded.clusters] == ["orders-prod"]
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"lock_after_dayz": 3}, "clusters[1] ('orders-prod'): unknown key 'lock_after_dayz'"),
+        ({"lock_after_days": "90"}, "lock_after_days must be int or null, got '90'"),
+        ({"lock_after_days": True}, "lock_after_days must be int or null, got True"),
+        ({"lock_after_days": 0}, "lock_after_days must be a whole number of days >= 1 or null, got 0"),
+        ({"delete_after_days": 90}, "delete_after_days (90) must be greater than lock_after_days (90)"),
+        ({"lock_method": "revoke"}, "lock_method must be one of nologin, connection_limit, got 'revoke'"),
+        ({"exclude_patterns": ["(bad"]}, "exclude_patterns: '(bad' is not a valid regular expression"),
+        ({"exclude_users": "bob"}, "exclude_users must be list, got 'bob'"),
+        ({"exclude_users": [1]}, "exclude_users must be a list of strings, got (1,)"),
+        ({"max_action_ratio": 0}, "max_action_ratio must be in (0, 1], got 0"),
+        ({"max_action_ratio": 2}, "max_action_ratio must be in (0, 1], got 2"),
+        ({"overlap_minutes": -1}, "overlap_minutes must be a positive number, got -1"),
+        ({"state_schema": "public"}, "state_schema must be a dedicated schema, not 'public'"),
+        ({"state_schema": "Bad Name"}, "state_schema must be a lower-case SQL identifier"),
+        ({"dry_run": "yes"}, "dry_run must be bool, got 'yes'"),
+        ({"page_size": 20000}, "page_size must be between 1 and 10000, got 20000"),
+        ({"schedule": 5}, "schedule must be str or null, got 5"),
+        (
+            {"alert": {"sns_topic_arn": "dba-topic"}},
+            "alert.sns_topic_arn must be an SNS topic ARN, got 'dba-topic'",
+        ),
+        ({"alert": {"email": "dba@example.com"}}, "alert.email must be a list of e-mail addresses"),
+        ({"alert": {"pager": "x"}}, "unknown key alert.pager"),
+        ({"cluster_id": "bad_id!"}, "cluster_id 'bad_id!' is not a valid DB cluster identifier"),
+        ({"postgres_conn_id": ""}, "postgres_conn_id is required"),
+        ({"instances": []}, "instances must be a non-empty list of instance names"),
+        ({"retries": -1}, "retries must be >= 0, got -1"),
+    ],
+)
+def test_bad_values_are_named(tmp_path: Path, entry: dict[str, Any], message: str) -> None:
+    loaded = one(tmp_path, **entry)
+    assert loaded.clusters == []
+    assert len(loaded.errors) == 1
+    assert message in loaded.errors[0]
+    assert loaded.errors[0].startswith("clusters[1]")
+
+
+def test_one_bad_entry_does_not_take_down_the_others(tmp_path: Path) -> None:
+    doc = {
+        "clusters": [
+            ENTRY,
+            {"cluster_id": "broken", "postgres_conn_id": "x", "lock_after_days": -5},
+            {"cluster_id": "billing", "postgres_conn_id": "billing_pg"},
+            {"cluster_id": "orders-prod", "postgres_conn_id": "dup"},  # listed twice
+        ]
+    }
+    loaded = load(write(tmp_path, doc))
+    assert [c.cluster_id for c in loaded.clusters] == ["orders-prod", "billing"]
+    assert loaded.errors[0].startswith("clusters[2] ('broken'): lock_after_days")
+    assert (
+        "clusters[4] ('orders-prod'): DAG id inactive_users__orders_prod is already used by clusters[1]"
+        in (loaded.errors[1])
+    )
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("clusters: [", "is not valid YAML"),
+        ("- a\n- b\n", "the top level must be a mapping"),
+        ("defaults: {}\nclustrs: []\n", "unknown top-level key(s) ['clustrs']"),
+        ("defaults: {bogus: 1}\n", "defaults: unknown key 'bogus'"),
+        ("clusters: {a: 1}\n", "'clusters' must be a list"),
+    ],
+)
+def test_broken_files_fail_as_a_whole(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=None) as err:
+        load(write(tmp_path, text))
+    assert message in str(err.value)
+
+
+def test_missing_file_names_the_env_var(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="INACTIVE_USERS_CONFIG"):
+        load(tmp_path / "nope.yaml")
+
+
+def test_dag_ids() -> None:
+    assert dag_id_for("orders-prod.eu") == "inactive_users__orders_prod_eu"
+
+
+def test_run_options_override_for_one_run_and_say_where_values_came_from(tmp_path: Path) -> None:
+    cluster = one(tmp_path, exclude_users=["app"]).clusters[0]
+    opts = run_options(cluster, {})
+    assert opts.settings == cluster.settings and opts.sources["dry_run"] == "config"
+    opts = run_options(
+        cluster,
+        {
+            "dry_run": True,
+            "lock_after_days": 30,
+            "delete_after_days": None,
+            "exclude_users": ["bob"],
+            "unlock_users": ["carol"],
+            "as_of": "2027-03-01T00:00:00Z",
+        },
+    )
+    s = opts.settings
+    assert (s.dry_run, s.lock_after_days, s.delete_after_days) == (True, 30, None)
+    assert s.exclude_users == ("app", "bob")  # a run can protect more roles, never fewer
+    assert opts.unlock_users == ("carol",)
+    assert opts.as_of == datetime(2027, 3, 1, tzinfo=UTC)
+    assert opts.sources == {
+        "dry_run": "trigger conf",
+        "lock_after_days": "trigger conf",
+        "delete_after_days": "trigger conf",
+        "exclude_users": "config + trigger conf",
+        "unlock_users": "trigger conf",
+        "as_of": "trigger conf",
+    }
+    # the form sends every field; unchanged values still come from the config
+    same = run_options(
+        cluster, {"dry_run": False, "lock_after_days": 90, "exclude_users": ["app"], "as_of": None}
+    )
+    assert same.sources["lock_after_days"] == "config" and same.settings == cluster.settings
+
+
+@pytest.mark.parametrize(
+    "conf, message",
+    [
+        ({"as_of": "2027-03-01T00:00:00Z"}, "as_of is accepted only together with dry_run: true"),
+        (
+            {"dry_run": True, "as_of": "next tuesday"},
+            "as_of must be an ISO-8601 date-time, got 'next tuesday'",
+        ),
+        ({"dry_run": True, "as_of": "2027-03-01T00:00:00"}, "as_of must include a time zone"),
+        ({"dry_run": "yes"}, "dry_run must be true or false"),
+        ({"lock_after_days": 200}, "delete_after_days (180) must be greater than lock_after_days (200)"),
+        ({"unlock_users": "bob"}, "unlock_users must be a list of role names"),
+        ({"exclude_users": [""]}, "exclude_users must be a list of role names"),
+        ({"lock_after": 3}, "unknown trigger parameter(s) ['lock_after']"),
+    ],
+)
+def test_bad_trigger_conf_is_named(tmp_path: Path, conf: dict[str, Any], message: str) -> None:
+    cluster = one(tmp_path).clusters[0]
+    with pytest.raises(ConfigError) as err:
+        run_options(cluster, conf)
+    assert message in str(err.value)
