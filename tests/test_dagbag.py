@@ -105,3 +105,14 @@ def test_parsing_makes_no_database_or_aws_calls(tmp_path: Path, monkeypatch: pyt
     with pytest.raises(BlockingIOError):
         listener.accept()  # no connection is waiting: parsing never dialled the database or AWS
     listener.close()
+
+
+def test_a_worker_parses_only_the_dag_it_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from inactive_users.dag_factory import build_dags
+
+    path = tmp_path / "c.yaml"
+    clusters = [{"cluster_id": f"c{i}", "postgres_conn_id": "pg"} for i in range(5)]
+    path.write_text(yaml.safe_dump({"clusters": clusters}), encoding="utf-8")
+    assert len(build_dags(path)) == 5
+    monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID", "inactive_users__c3")
+    assert list(build_dags(path)) == ["inactive_users__c3"]

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from os import PathLike
 from typing import Any
 
-from airflow.sdk import DAG, Param, TriggerRule, task
+from airflow.sdk import DAG, Param, TriggerRule, get_parsing_context, task
 
 from inactive_users import config, steps
 from inactive_users.config import ClusterConfig, LoadedConfig
@@ -169,7 +169,8 @@ def config_errors_dag(loaded: LoadedConfig) -> DAG:
 def build_dags(path: str | PathLike[str] | None = None) -> dict[str, DAG]:
     """All DAGs of the config file, keyed by DAG id (for the DAG file's globals)."""
     loaded = config.load(path)
-    dags = {c.dag_id: build_dag(c) for c in loaded.clusters}
+    wanted = get_parsing_context().dag_id  # set when a worker parses the file to run one task
+    dags = {c.dag_id: build_dag(c) for c in loaded.clusters if wanted is None or c.dag_id == wanted}
     if loaded.errors:
         dags[CONFIG_ERRORS_DAG_ID] = config_errors_dag(loaded)
     return dags
