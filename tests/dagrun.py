@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from devstack.awsfixtures import alert_topic_with_queue, create_aurora, drain_alerts
 from tests.scenario import Scenario
 
 MASTER = "clustermaster"
@@ -24,31 +24,12 @@ class DagHarness:
         self.sqs = _client(sc, "sqs")
         self.config_path = tmp_path / "inactive_users.yaml"
         self.create_aurora(sc.cluster_id, exports=["postgresql"])
-        topic = self.sns.create_topic(Name="dba-alerts")["TopicArn"]
-        self.queue_url = self.sqs.create_queue(QueueName="dba-inbox")["QueueUrl"]
-        queue_arn = self.sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["QueueArn"])[
-            "Attributes"
-        ]["QueueArn"]
-        self.sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
-        self.topic_arn = topic
+        self.topic_arn, self.queue_url = alert_topic_with_queue(self.sns, self.sqs, "dba-alerts", "dba-inbox")
         self.write_config(**cluster_overrides)
         sc.monkeypatch.setenv("INACTIVE_USERS_CONFIG", str(self.config_path))
 
     def create_aurora(self, cluster_id: str, exports: list[str]) -> None:
-        self.rds.create_db_cluster(
-            DBClusterIdentifier=cluster_id,
-            Engine="aurora-postgresql",
-            MasterUsername=MASTER,
-            MasterUserPassword="not-used-by-the-job",
-            EnableCloudwatchLogsExports=exports,
-        )
-        for instance in (f"{cluster_id}-instance-1", f"{cluster_id}-instance-2"):
-            self.rds.create_db_instance(
-                DBInstanceIdentifier=instance,
-                DBInstanceClass="db.r6g.large",
-                Engine="aurora-postgresql",
-                DBClusterIdentifier=cluster_id,
-            )
+        create_aurora(self.rds, cluster_id, master_user=MASTER, exports=exports)
 
     def write_config(self, defaults: dict[str, Any] | None = None, **cluster: Any) -> None:
         entry = {
@@ -82,17 +63,8 @@ class DagHarness:
         return {ti.task_id: str(ti.state) for ti in dr.get_task_instances()}
 
     def messages(self) -> list[dict[str, str]]:
-        """Alerts delivered to the queue since the last call (SNS envelope: Subject, Message)."""
-        out = []
-        while True:
-            got = self.sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
-            batch = got.get("Messages", [])
-            if not batch:
-                return out
-            for m in batch:
-                envelope = json.loads(m["Body"])
-                out.append({"subject": envelope.get("Subject", ""), "message": envelope["Message"]})
-                self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=m["ReceiptHandle"])
+        """Alerts delivered to the queue since the last call."""
+        return drain_alerts(self.sqs, self.queue_url)
 
 
 def _client(sc: Scenario, service: str) -> Any:

@@ -125,16 +125,16 @@ def lock_roles(
         facts = _facts(conn, schema, [i.name for i in items])
         for item in items:
             f = facts.get(item.name)
-            last = item.last_login.isoformat()
+            last = item.last_login.isoformat(timespec="seconds")
             why_not = _stale(item, f) or (None if f and f.status == ACTIVE else "no longer Active")
             if why_not or f is None:
                 report.outcomes.append(Outcome(item.name, "skipped", why_not or "", last))
                 continue
-            reason = f"inactive {item.inactive_days} days (last login {last})"
+            reason = f"inactive {item.inactive_days} days"
             try:
                 with conn.transaction():
                     conn.execute(_lock_sql(item.name, method))
-                    _mark_locked(conn, schema, f, LOCKED, method, reason)
+                    _mark_locked(conn, schema, f, LOCKED, method, f"{reason} (last login {last})")
             except psycopg.Error as exc:
                 report.outcomes.append(Outcome(item.name, "failed", _error_text(exc), last))
                 history.append(("lock_failed", item.name, item.oid, _error_text(exc), {}))
@@ -207,12 +207,12 @@ def delete_roles(
         blockers = dependency_summaries(conn, [i.oid for i in items])
         for item in items:
             f = facts.get(item.name)
-            last = item.last_login.isoformat()
+            last = item.last_login.isoformat(timespec="seconds")
             why_not = _stale(item, f)
             if why_not or f is None:
                 report.outcomes.append(Outcome(item.name, "skipped", why_not or "", last))
                 continue
-            reason = f"inactive {item.inactive_days} days (last login {last})"
+            reason = f"inactive {item.inactive_days} days"
             blocked = blockers.get(item.oid)
             if blocked is None:
                 try:
@@ -260,7 +260,14 @@ def _flag_ready_to_delete(
         with conn.transaction():
             if f.status != LOCKED:
                 conn.execute(_lock_sql(f.name, method))
-            _mark_locked(conn, schema, f, READY_TO_DELETE, method, f"{reason}; blocked by: {blockers}")
+            _mark_locked(
+                conn,
+                schema,
+                f,
+                READY_TO_DELETE,
+                method,
+                f"{reason} (last login {f.last_login}); blocked by: {blockers}",
+            )
     except psycopg.Error as exc:
         return Outcome(f.name, "failed", _error_text(exc), blockers=blockers)
     return Outcome(f.name, "ready_to_delete", reason, blockers=blockers)

