@@ -44,7 +44,9 @@ def alert_topic_with_queue(sns: Any, sqs: Any, topic: str, queue: str) -> tuple[
     queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"][
         "QueueArn"
     ]
-    sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn)
+    subscribed = sns.list_subscriptions_by_topic(TopicArn=topic_arn)["Subscriptions"]
+    if not any(sub["Endpoint"] == queue_arn for sub in subscribed):  # idempotent: one copy per alert
+        sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn)
     return topic_arn, queue_url
 
 

@@ -20,33 +20,18 @@ from typing import Any
 
 import psycopg
 import yaml
-from psycopg import sql
 
 from devstack import shipper
 from devstack.awsfixtures import alert_topic_with_queue, create_aurora, drain_alerts
 from devstack.motoserver import MotoServer, airflow_aws_conn, boto_client
 from devstack.pgcluster import PgCluster, embedded_binaries, running_cluster
+from devstack.stories import MASTER, ROLE_PASSWORD, STORIES, create_roles, seed_history
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = Path(os.environ.get("INACTIVE_USERS_DEMO_DIR", ROOT / ".demo"))
 CLUSTER = "demo-aurora"
 DAG_ID = "inactive_users__demo_aurora"
-MASTER = "demo_master"
 PASSWORD = "demo-only-Passw0rd"  # a throwaway password for this local demo
-ROLE_PASSWORD = "demo-role-Passw0rd"
-
-# name -> (story, days since last login seeded in the state table or None, logs in now on instance #)
-STORIES: dict[str, tuple[str, int | None, int | None]] = {
-    "app_daily": ("logs in every day (writer)", 1, 1),
-    "report_reader": ("logs in on the reader instance", 30, 2),
-    "ana_100": ("last login 100 days ago", 100, None),
-    'Zoë "Q" O\'Brien': ("120 days ago; a name that needs quoting", 120, None),
-    "bob_200_owner": ("200 days ago, owns a table", 200, None),
-    "carl_200": ("200 days ago, owns nothing", 200, None),
-    "svc_etl": ("service account, excluded by config", 250, None),
-    "dora_never": ("new role, never logged in", None, None),
-    MASTER: ("the cluster's master user", None, None),
-}
 
 
 def step(n: int, total: int, text: str) -> None:
@@ -77,7 +62,8 @@ def main() -> int:
         step(3, total, "creating roles with different stories, a table owned by one of them")
         with pg.connect() as admin:
             create_roles(admin)
-            before = seed_history(pg, env)
+            seed_history(admin)
+            before = read_state(admin)
 
         step(4, total, "real logins as the active roles; shipping the real log lines to CloudWatch Logs")
         offset = 0
@@ -162,38 +148,6 @@ def write_config(topic_arn: str) -> None:
     (WORK / "demo.yaml").write_text(
         yaml.safe_dump(doc, allow_unicode=True, sort_keys=False), encoding="utf-8"
     )
-
-
-def create_roles(admin: psycopg.Connection) -> None:
-    for name in STORIES:
-        admin.execute(
-            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
-                sql.Identifier(name), sql.Literal(ROLE_PASSWORD)
-            )
-        )
-    admin.execute("CREATE SCHEMA sales")
-    admin.execute("CREATE TABLE sales.q3_report (id int)")
-    admin.execute("ALTER TABLE sales.q3_report OWNER TO bob_200_owner")
-
-
-def seed_history(pg: PgCluster, env: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """The state a previous job left: last logins of known roles (the engine creates the schema)."""
-    os.environ.update({k: v for k, v in env.items() if k.startswith("AIRFLOW_CONN_")})
-    from inactive_users.engine import Engine
-    from inactive_users.settings import EngineSettings
-
-    Engine.from_airflow("demo_pg", EngineSettings(), run_id="demo-setup").migrate()
-    with pg.connect() as admin:
-        for name, (_, days, _) in STORIES.items():
-            if days is None:
-                continue
-            admin.execute(
-                "INSERT INTO inactive_users.user_login_status (user_name, role_oid, last_login_time, status) "
-                "SELECT rolname, oid, now() - make_interval(days => %s), 'Active' "
-                "FROM pg_roles WHERE rolname = %s",
-                [days, name],
-            )
-        return read_state(admin)
 
 
 def read_state(admin: psycopg.Connection) -> dict[str, dict[str, Any]]:
