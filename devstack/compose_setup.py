@@ -39,7 +39,9 @@ def setup(dsn: str, endpoint: str, cluster: str) -> list[str]:
         instances = sorted(m["DBInstanceIdentifier"] for m in found[0]["DBClusterMembers"])
     else:
         instances = create_aurora(rds, cluster, master_user=MASTER, exports=["postgresql"])
-    topic, queue = alert_topic_with_queue(boto_client(endpoint, "sns"), boto_client(endpoint, "sqs"), "dba-alerts", "dba-inbox")
+    topic, queue = alert_topic_with_queue(
+        boto_client(endpoint, "sns"), boto_client(endpoint, "sqs"), "dba-alerts", "dba-inbox"
+    )
     print(f"RDS cluster {cluster} with {instances}; alerts: {topic} -> {queue}", flush=True)
     with psycopg.connect(dsn, autocommit=True) as admin:
         create_roles(admin)
@@ -48,7 +50,7 @@ def setup(dsn: str, endpoint: str, cluster: str) -> list[str]:
 
 
 def play_once(dsn: str, endpoint: str, cluster: str, logfile: str, instances: list[str], offset: int) -> int:
-    """Log in as each active role and ship what that wrote to its instance's stream; returns the new offset."""
+    """Log in as each active role and ship what that wrote to its instance's stream; returns the offset."""
     logs = boto_client(endpoint, "logs")
     conninfo = psycopg.conninfo.conninfo_to_dict(dsn)
     for name, (_, _, instance) in STORIES.items():

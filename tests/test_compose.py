@@ -16,7 +16,13 @@ from inactive_users.config import load
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())
 SERVICES = COMPOSE["services"]
-AIRFLOW_SERVICES = ["airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", "airflow-init"]
+AIRFLOW_SERVICES = [
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    "airflow-init",
+]
 
 
 def pins(path: Path) -> dict[str, str]:
@@ -74,7 +80,10 @@ def test_pins_match_the_requirements() -> None:
     for spec in extra:
         name, version = re.sub(r"\[.*\]", "", spec).split("==")
         assert req[name.lower()] == version, spec
-    assert f"apache-airflow=={SERVICES['airflow-init']['image'].split(':')[1]}" in (ROOT / "requirements.txt").read_text()
+    assert (
+        f"apache-airflow=={SERVICES['airflow-init']['image'].split(':')[1]}"
+        in (ROOT / "requirements.txt").read_text()
+    )
     moto_cmd = " ".join(SERVICES["moto"]["command"])
     assert f"moto[server]=={req['moto']}" in moto_cmd
     shipper_cmd = " ".join(SERVICES["log-shipper"]["command"])

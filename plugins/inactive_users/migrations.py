@@ -96,6 +96,11 @@ def current_version(conn: psycopg.Connection, schema: str) -> int:
     return int(version[0]) if version else 0
 
 
+def _schema_exists(conn: psycopg.Connection, schema: str) -> bool:
+    row = conn.execute("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = %s)", [schema]).fetchone()
+    return bool(row and row[0])
+
+
 def pending(conn: psycopg.Connection, schema: str) -> list[int]:
     have = current_version(conn, schema)
     return [v for v, _, _ in MIGRATIONS if v > have]
@@ -115,6 +120,8 @@ def migrate(conn: psycopg.Connection, schema: str) -> list[int]:
             if version <= have:
                 continue
             for statement in statements:
+                if statement.startswith("CREATE SCHEMA IF NOT EXISTS") and _schema_exists(conn, schema):
+                    continue  # a DBA may create it for the job: then no CREATE on the database is needed
                 conn.execute(sql.SQL(statement).format(s=ident))
             conn.execute(
                 sql.SQL("INSERT INTO {}.schema_version (version, description) VALUES (%s, %s)").format(ident),
