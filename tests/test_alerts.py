@@ -1,0 +1,113 @@
+"""Alert composition (pure) and delivery through real endpoints: SNS via moto, e-mail via an SMTP sink."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from devstack.awsfixtures import alert_topic_with_queue, drain_alerts
+from devstack.motoserver import MotoServer, airflow_aws_conn, boto_client
+from devstack.smtpsink import SmtpSink
+from inactive_users.alerts import compose, compose_failure, scrub, send
+from inactive_users.config import AlertConfig
+
+OUTCOMES = [
+    {
+        "name": "ana",
+        "action": "locked",
+        "reason": "inactive 100 days",
+        "last_login": "2026-08-18T10:00:00+00:00",
+    },
+    {
+        "name": "bob",
+        "action": "ready_to_delete",
+        "reason": "inactive 200 days",
+        "last_login": "2026-05-10T10:00:00+00:00",
+        "blockers": "owns 1 object (pg_class) in database app2",
+    },
+    {"name": "carl", "action": "still_ready_to_delete", "last_login": "2026-01-01T00:00:00+00:00"},
+    {"name": "dan", "action": "skipped", "reason": "has a session open now"},
+]
+
+
+def test_compose_names_cluster_actions_last_logins_and_blockers() -> None:
+    alert = compose("orders-prod", "scheduled__x", OUTCOMES, dry_run=False)
+    assert alert is not None
+    assert alert.subject == "[inactive_users] orders-prod: 1 locked, 1 ready to delete"
+    assert "Cluster: orders-prod" in alert.body and "Run: scheduled__x" in alert.body
+    assert "  - ana: last login 2026-08-18T10:00:00+00:00; inactive 100 days" in alert.body
+    assert "blocked by: owns 1 object (pg_class) in database app2" in alert.body
+    assert "carl" not in alert.body and "dan" not in alert.body and "DRY RUN" not in alert.body
+
+
+def test_nothing_to_say_means_no_alert() -> None:
+    assert compose("c", "r", OUTCOMES[2:], dry_run=False) is None
+
+
+def test_dry_run_is_labelled() -> None:
+    alert = compose(
+        "c", "r", [{"name": "x", "action": "would_lock"}], dry_run=True, as_of="2027-03-01T00:00:00+00:00"
+    )
+    assert alert is not None and alert.subject.startswith("[inactive_users] DRY RUN c:")
+    assert "DRY RUN: nothing was changed" in alert.body and "at 2027-03-01T00:00:00+00:00" in alert.body
+
+
+def test_subject_fits_sns_and_secrets_are_scrubbed() -> None:
+    many = [
+        {"name": f"r{i}", "action": a}
+        for i, a in enumerate(["locked", "dropped", "failed", "ready_to_delete"] * 3)
+    ]
+    alert = compose("a-very-long-cluster-name-" * 3, "r", many, dry_run=False)
+    assert alert is not None and len(alert.subject) <= 100 and alert.subject.isascii()
+    failure = compose_failure(
+        "c", "r", "preflight", RuntimeError("could not connect to postgresql://job:hunter2@db:5432/x")
+    )
+    assert "hunter2" not in failure.body and "postgresql://***@db:5432/x" in failure.body
+    assert scrub("password=hunter2 host=db") == "password=*** host=db"
+
+
+def test_sns_and_email_delivery(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    moto_server.reset()
+    monkeypatch.setenv("AIRFLOW_CONN_ALERT_AWS", json.dumps(airflow_aws_conn(moto_server.endpoint_url)))
+    sns, sqs = boto_client(moto_server.endpoint_url, "sns"), boto_client(moto_server.endpoint_url, "sqs")
+    topic, queue = alert_topic_with_queue(sns, sqs, "dba", "inbox")
+    alert = compose("orders-prod", "r1", OUTCOMES, dry_run=False)
+    assert alert is not None
+    with SmtpSink() as sink:
+        monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps(sink.airflow_conn()))
+        cfg = AlertConfig(sns_topic_arn=topic, email=("dba@example.com", "oncall@example.com"))
+        sent = send(alert, cfg, aws_conn_id="alert_aws", region_name="us-east-1")
+        assert sent == [f"sns:{topic}", "email:dba@example.com,oncall@example.com"]
+        [(rcpt, mail)] = sink.received
+    assert rcpt == ["dba@example.com", "oncall@example.com"]
+    assert mail["Subject"] == alert.subject
+    html = (
+        next(p for p in mail.walk() if p.get_content_type() == "text/html").get_payload(decode=True).decode()
+    )
+    assert "ana: last login" in html
+    [delivered] = drain_alerts(sqs, queue)
+    assert delivered == {"subject": alert.subject, "message": alert.body}
+
+
+def test_one_notifier_failing_does_not_stop_the_others(
+    moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    moto_server.reset()
+    monkeypatch.setenv("AIRFLOW_CONN_ALERT_AWS", json.dumps(airflow_aws_conn(moto_server.endpoint_url)))
+    alert = compose("c", "r", OUTCOMES, dry_run=False)
+    assert alert is not None
+    with SmtpSink() as sink:
+        monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps(sink.airflow_conn()))
+        cfg = AlertConfig(
+            sns_topic_arn="arn:aws:sns:us-east-1:123456789012:missing", email=("dba@example.com",)
+        )
+        assert send(alert, cfg, aws_conn_id="alert_aws", region_name="us-east-1") == ["email:dba@example.com"]
+        assert len(sink.received) == 1
+    with pytest.raises(Exception, match="NotFound"):  # every configured notifier failed: the task fails
+        send(
+            alert,
+            AlertConfig(sns_topic_arn="arn:aws:sns:us-east-1:123456789012:missing"),
+            aws_conn_id="alert_aws",
+            region_name="us-east-1",
+        )
