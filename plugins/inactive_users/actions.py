@@ -131,10 +131,11 @@ def lock_roles(
                 report.outcomes.append(Outcome(item.name, "skipped", why_not or "", last))
                 continue
             reason = f"inactive {item.inactive_days} days"
+            why = f"{reason} (last login {last})"
             try:
                 with conn.transaction():
                     conn.execute(_lock_sql(item.name, method))
-                    _mark_locked(conn, schema, f, LOCKED, method, f"{reason} (last login {last})")
+                    _mark_locked(conn, schema, f, LOCKED, method, why)
             except psycopg.Error as exc:
                 report.outcomes.append(Outcome(item.name, "failed", _error_text(exc), last))
                 history.append(("lock_failed", item.name, item.oid, _error_text(exc), {}))
@@ -145,7 +146,7 @@ def lock_roles(
                     "lock",
                     item.name,
                     item.oid,
-                    reason,
+                    why,
                     {"method": method, "prior_can_login": f.can_login, "prior_conn_limit": f.conn_limit},
                 )
             )
@@ -213,6 +214,7 @@ def delete_roles(
                 report.outcomes.append(Outcome(item.name, "skipped", why_not or "", last))
                 continue
             reason = f"inactive {item.inactive_days} days"
+            why = f"{reason} (last login {last})"
             blocked = blockers.get(item.oid)
             if blocked is None:
                 try:
@@ -229,7 +231,7 @@ def delete_roles(
                     blocked = _error_text(exc)
                 else:
                     report.outcomes.append(Outcome(item.name, "dropped", reason, last))
-                    history.append(("drop", item.name, item.oid, reason, {"status_before": f.status}))
+                    history.append(("drop", item.name, item.oid, why, {"status_before": f.status}))
                     continue
             outcome = _flag_ready_to_delete(conn, schema, f, method, reason, blocked)
             outcome.last_login = last
@@ -242,7 +244,7 @@ def delete_roles(
                         "ready_to_delete",
                         item.name,
                         item.oid,
-                        reason,
+                        why,
                         {"blockers": blocked, "status_before": f.status, "lock_method": method},
                     )
                 )
