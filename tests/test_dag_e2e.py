@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+import pytest
+
 from tests.dagrun import MASTER, DagHarness
-from tests.scenario import Scenario
+from tests.scenario import ROLE_PASSWORD, Scenario
 
 
-def test_timeline(scenario: Scenario, dag_harness: DagHarness) -> None:
+def test_timeline(scenario: Scenario, dag_harness: DagHarness, capfd: pytest.CaptureFixture[str]) -> None:
     sc, h = scenario, dag_harness
     for name in ["active_w", "active_r", "idle100", "gone200", "owner200", "svc_batch", "quiet", MASTER]:
         sc.create_role(name)
@@ -85,6 +90,24 @@ def test_timeline(scenario: Scenario, dag_harness: DagHarness) -> None:
     assert "DRY RUN: nothing was changed" in plan["message"] and "Would lock: 1" in plan["message"]
     assert "quiet: last login" in plan["message"]
     assert "owner200" not in plan["message"]  # still ReadyToDelete: nothing new to say
+
+    # no password appears in any task log, XCom or alert of these runs
+    out, err = capfd.readouterr()
+    xcoms = _all_xcoms()
+    assert "sync_roles" in xcoms and "idle100" in xcoms  # the scan reads real data
+    for secret in (sc.pg.password, ROLE_PASSWORD):
+        for where, text in (("task logs", out + err), ("XCom", xcoms), ("alerts", body + plan["message"])):
+            assert secret not in text, f"a password leaked into {where}"
+
+
+def _all_xcoms() -> str:
+    """Every XCom row of the session's Airflow metadata DB, as text."""
+    import sqlite3
+
+    db = Path(os.environ["AIRFLOW_HOME"]) / "airflow.db"
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT task_id, value FROM xcom").fetchall()
+    return "\n".join(f"{task} {value!s}" for task, value in rows)
 
 
 def test_preflight_fails_clearly_when_the_log_export_is_off(
