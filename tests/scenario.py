@@ -113,7 +113,12 @@ class Scenario:
         """Ship the log lines written since the last ship to ``instance``'s stream (default: writer)."""
         self.flush_log()
         shipped, self._offset = shipper.ship_log_file(
-            self.logs, self.cluster_id, instance or self.writer, self.pg.logfile, since_offset=self._offset
+            self.logs,
+            self.cluster_id,
+            instance or self.writer,
+            self.pg.logfile,
+            since_offset=self._offset,
+            tz=self.pg.timezone,  # Aurora stamps each event with the line's own time
         )
         return shipped
 
