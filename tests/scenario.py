@@ -130,6 +130,11 @@ class Scenario:
     def ensure_stream(self, instance: str) -> None:
         shipper.ship(self.logs, self.cluster_id, instance, [])
 
+    def reconnect(self) -> None:
+        """A new admin session, after the server restarted."""
+        self.admin.close()
+        self.admin = self.pg.connect()
+
     # -- state inspection ----------------------------------------------------------------------
 
     def statuses(self, schema: str = "inactive_users") -> dict[str, dict[str, Any]]:
