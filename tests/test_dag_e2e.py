@@ -139,3 +139,68 @@ def test_preflight_fails_clearly_when_log_connections_is_off(
     assert "log_connections is 'off'" in alert["message"]
     assert "parameter group" in alert["message"]
     assert sc.pg.password not in alert["message"]
+
+
+def test_sigkill_during_lock_users_then_a_new_run_converges(
+    scenario: Scenario, dag_harness: DagHarness
+) -> None:
+    """The whole `airflow dags test` process is killed while lock_users is half done."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psycopg
+
+    sc, h = scenario, dag_harness
+    for name in ("idle1", "idle2", "fresh"):
+        sc.create_role(name)
+    h.write_config(lease_hours=0.001)  # a dead run's lease lapses after 3.6 s
+    eng = sc.engine()
+    eng.migrate()
+    eng.sync_roles()
+    for name, days in {"idle1": 100, "idle2": 100, "fresh": 1}.items():
+        sc.set_last_login(name, days)
+    sc.ship(sc.writer)
+    assert sc.login("fresh")
+    sc.ship(sc.reader)
+    airflow = str(Path(sys.executable).parent / "airflow")
+    with psycopg.connect(sc.pg.dsn()) as blocker:
+        blocker.execute("ALTER ROLE idle2 CONNECTION LIMIT 7")  # lock_users will wait on idle2
+        proc = subprocess.Popen(
+            [airflow, "dags", "test", "inactive_users__test_aurora"],
+            env=os.environ.copy(),
+            stdout=(h.config_path.parent / "killed-run.log").open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 120
+        while not sc.sql(
+            "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'ALTER ROLE%%'"
+        ):
+            log = (h.config_path.parent / "killed-run.log").read_text()
+            errors = [line for line in log.splitlines() if "rror" in line][:20]
+            assert proc.poll() is None, "airflow dags test ended before lock_users blocked:\n" + "\n".join(
+                errors
+            )
+            assert time.monotonic() < deadline, "lock_users never started"
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        blocker.rollback()
+    # the orphaned backend finds its client gone and rolls back: idle1 was not left half-locked
+    deadline = time.monotonic() + 30
+    while sc.sql(
+        "SELECT 1 FROM pg_stat_activity WHERE query LIKE 'ALTER ROLE%%' AND pid <> pg_backend_pid()"
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert sc.role("idle1")["can_login"] is True  # type: ignore[index]
+    assert sc.history("lock") == []
+    time.sleep(4)  # the killed run's lease lapses
+    states = h.run()
+    assert states["lock_users"] == "success" and states["report"] == "success", states
+    st = sc.statuses()
+    assert st["idle1"]["status"] == st["idle2"]["status"] == "Locked" and st["fresh"]["status"] == "Active"
+    assert sorted(x[1] for x in sc.history("lock")) == ["idle1", "idle2"]
+    assert sc.role("idle2")["conn_limit"] == -1  # type: ignore[index]  # the blocker's change was rolled back

@@ -107,7 +107,7 @@ class ClusterConfig:
     settings: EngineSettings = field(default_factory=EngineSettings)
     alert: AlertConfig = field(default_factory=AlertConfig)
     retries: int = 2
-    lease_hours: float = 6
+    lease_hours: float = 1
     instances: tuple[str, ...] | None = None  # set for RDS / self-managed: no DescribeDBClusters
     master_user: str | None = None
     log_group: str | None = None
@@ -216,7 +216,7 @@ def parse_cluster(entry: object, defaults: Mapping[str, Any], label: str) -> Clu
     retries = merged.get("retries", 2)
     if retries < 0:
         raise ConfigError(f"{label}: retries must be >= 0, got {retries!r}")
-    lease = merged.get("lease_hours", 6)
+    lease = merged.get("lease_hours", 1)
     if lease <= 0:
         raise ConfigError(f"{label}: lease_hours must be > 0, got {lease!r}")
     return ClusterConfig(

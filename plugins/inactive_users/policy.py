@@ -225,7 +225,7 @@ def log_gap_error(
     if not problems:
         return None
     return (
-        f"log gap guard: no connection log events for more than {max_gap} on "
+        f"log gap guard: no connection log events for more than {max_gap.total_seconds() / 3600:g} hours on "
         + "; ".join(problems)
         + ". Check that log_connections is on in the parameter group and that the cluster exports "
         "the 'postgresql' log to CloudWatch Logs. Nothing was locked or deleted."

@@ -78,9 +78,13 @@ def _preflight_result(context: Mapping[str, Any]) -> dict[str, Any]:
 def _from_preflight(
     cluster: ClusterConfig, context: Mapping[str, Any]
 ) -> tuple[Engine, RunOptions, list[str]]:
+    """The run's engine, with its lease renewed: a run that dies holds the cluster only briefly."""
     pre = _preflight_result(context)
     opts = options(cluster, context)
-    return engine(cluster, context, opts, pre.get("master_user")), opts, list(pre["instances"])
+    eng = engine(cluster, context, opts, pre.get("master_user"))
+    if not opts.settings.dry_run:
+        eng.acquire_lease(timedelta(hours=cluster.lease_hours))
+    return eng, opts, list(pre["instances"])
 
 
 def _names(names: list[str]) -> list[str]:
