@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.dagrun import MASTER, DagHarness
+from tests.privileges import create_job_user
 from tests.scenario import ROLE_PASSWORD, Scenario
 
 
@@ -19,6 +20,8 @@ def test_timeline(scenario: Scenario, dag_harness: DagHarness, capfd: pytest.Cap
     sc.sql("CREATE TABLE ledger (id int)", dbname="app2")
     sc.sql("ALTER TABLE ledger OWNER TO owner200", dbname="app2")
     h.write_config(exclude_users=["svc_batch"])
+    # the job runs as the README's least-privileged user, not a superuser
+    create_job_user(sc, ["active_w", "active_r", "idle100", "gone200", "owner200", "quiet"])
     eng = sc.engine()
     eng.migrate()
     # history carried over from the AWS sample Lambda: rows by name, no OID
@@ -45,6 +48,10 @@ def test_timeline(scenario: Scenario, dag_harness: DagHarness, capfd: pytest.Cap
     states = h.run()
     assert states["preflight"] == "success" and states["report"] == "success", states
     assert states["nothing_to_do"] == "skipped" and states["alert"] == "success"
+    assert sc.sql("SELECT rolsuper FROM pg_roles WHERE rolname = 'inactive_users_job'") == [(False,)]
+    assert {h[2] for h in sc.history("lock")} and "inactive_users_job" in str(
+        sc.sql("SELECT DISTINCT actor FROM inactive_users.action_history WHERE action = 'lock'")
+    )
     st = sc.statuses()
     assert st["active_w"]["status"] == "Active" and st["active_r"]["status"] == "Active"
     assert st["idle100"]["status"] == "Locked" and sc.role("idle100")["can_login"] is False  # type: ignore[index]

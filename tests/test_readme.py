@@ -18,6 +18,7 @@ import yaml
 from devstack.awsfixtures import create_aurora
 from devstack.motoserver import boto_client
 from inactive_users.config import load
+from tests.privileges import create_job_user
 from tests.scenario import ROLE_PASSWORD, Scenario
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,18 +140,14 @@ def test_the_least_privilege_grants_are_enough_to_lock_and_drop(scenario: Scenar
     sc.create_role("app_user")
     sc.create_role("stranger")  # not granted to the job on 16+: it must be left alone there
     sc.sql("CREATE ROLE rds_iam NOLOGIN")  # exists on Aurora
-    for statement in sql_block("CREATE ROLE inactive_users_job").split(";"):
-        if statement.strip():
-            sc.sql(statement.replace("'change-me'", f"'{ROLE_PASSWORD}'"))
+    create_job_user(sc, ["app_user"])
     if version >= 16:
-        sc.sql(sql_block("WITH ADMIN TRUE"))
         members = sc.sql(
             "SELECT m.admin_option, m.inherit_option, m.set_option FROM pg_auth_members m "
             "WHERE m.roleid = 'app_user'::regrole AND m.member = 'inactive_users_job'::regrole"
         )
         assert members == [(True, False, False)]
     sc.sql(re.search(r"`(GRANT rds_iam TO inactive_users_job;)`", README).group(1))  # type: ignore[union-attr]
-    sc.use_job_user("inactive_users_job", ROLE_PASSWORD)
     eng = sc.engine(max_action_ratio=1.0)
     eng.migrate()
     eng.sync_roles()
