@@ -47,38 +47,71 @@ def test_shipped_example_config_is_valid() -> None:
     assert loaded.errors == [] and [c.cluster_id for c in loaded.clusters] == ["orders-prod"]
 
 
-@pytest.mark.parametrize(
-    "entry, message",
-    [
-        ({"lock_after_dayz": 3}, "clusters[1] ('orders-prod'): unknown key 'lock_after_dayz'"),
-        ({"lock_after_days": "90"}, "lock_after_days must be int or null, got '90'"),
-        ({"lock_after_days": True}, "lock_after_days must be int or null, got True"),
-        ({"lock_after_days": 0}, "lock_after_days must be a whole number of days >= 1 or null, got 0"),
-        ({"delete_after_days": 90}, "delete_after_days (90) must be greater than lock_after_days (90)"),
-        ({"lock_method": "revoke"}, "lock_method must be one of nologin, connection_limit, got 'revoke'"),
-        ({"exclude_patterns": ["(bad"]}, "exclude_patterns: '(bad' is not a valid regular expression"),
-        ({"exclude_users": "bob"}, "exclude_users must be list, got 'bob'"),
-        ({"exclude_users": [1]}, "exclude_users must be a list of strings, got (1,)"),
-        ({"max_action_ratio": 0}, "max_action_ratio must be in (0, 1], got 0"),
-        ({"max_action_ratio": 2}, "max_action_ratio must be in (0, 1], got 2"),
-        ({"overlap_minutes": -1}, "overlap_minutes must be a positive number, got -1"),
-        ({"state_schema": "public"}, "state_schema must be a dedicated schema, not 'public'"),
-        ({"state_schema": "Bad Name"}, "state_schema must be a lower-case SQL identifier"),
-        ({"dry_run": "yes"}, "dry_run must be bool, got 'yes'"),
-        ({"page_size": 20000}, "page_size must be between 1 and 10000, got 20000"),
-        ({"schedule": 5}, "schedule must be str or null, got 5"),
-        (
-            {"alert": {"sns_topic_arn": "dba-topic"}},
-            "alert.sns_topic_arn must be an SNS topic ARN, got 'dba-topic'",
-        ),
-        ({"alert": {"email": "dba@example.com"}}, "alert.email must be a list of e-mail addresses"),
-        ({"alert": {"pager": "x"}}, "unknown key alert.pager"),
-        ({"cluster_id": "bad_id!"}, "cluster_id 'bad_id!' is not a valid DB cluster identifier"),
-        ({"postgres_conn_id": ""}, "postgres_conn_id is required"),
-        ({"instances": []}, "instances must be a non-empty list of instance names"),
-        ({"retries": -1}, "retries must be >= 0, got -1"),
-    ],
-)
+BAD_VALUES: list[tuple[dict[str, Any], str]] = [
+    ({"lock_after_dayz": 3}, "clusters[1] ('orders-prod'): unknown key 'lock_after_dayz'"),
+    ({"lock_after_days": "90"}, "lock_after_days must be int or null, got '90'"),
+    ({"lock_after_days": True}, "lock_after_days must be int or null, got True"),
+    ({"lock_after_days": 0}, "lock_after_days must be a whole number of days >= 1 or null, got 0"),
+    ({"delete_after_days": 90}, "delete_after_days (90) must be greater than lock_after_days (90)"),
+    ({"lock_method": "revoke"}, "lock_method must be one of nologin, connection_limit, got 'revoke'"),
+    ({"exclude_patterns": ["(bad"]}, "exclude_patterns: '(bad' is not a valid regular expression"),
+    ({"exclude_users": "bob"}, "exclude_users must be list, got 'bob'"),
+    ({"exclude_users": [1]}, "exclude_users must be a list of strings, got (1,)"),
+    ({"max_action_ratio": 0}, "max_action_ratio must be in (0, 1], got 0"),
+    ({"max_action_ratio": 2}, "max_action_ratio must be in (0, 1], got 2"),
+    ({"overlap_minutes": -1}, "overlap_minutes must be a positive number, got -1"),
+    ({"state_schema": "public"}, "state_schema must be a dedicated schema, not 'public'"),
+    ({"state_schema": "Bad Name"}, "state_schema must be a lower-case SQL identifier"),
+    ({"dry_run": "yes"}, "dry_run must be bool, got 'yes'"),
+    ({"page_size": 20000}, "page_size must be between 1 and 10000, got 20000"),
+    ({"schedule": 5}, "schedule must be str or null, got 5"),
+    (
+        {"alert": {"sns_topic_arn": "dba-topic"}},
+        "alert.sns_topic_arn must be an SNS topic ARN, got 'dba-topic'",
+    ),
+    ({"alert": {"email": "dba@example.com"}}, "alert.email must be a list of e-mail addresses"),
+    ({"alert": {"pager": "x"}}, "unknown key alert.pager"),
+    ({"cluster_id": "bad_id!"}, "cluster_id 'bad_id!' is not a valid DB cluster identifier"),
+    ({"postgres_conn_id": ""}, "postgres_conn_id is required"),
+    ({"instances": []}, "instances must be a non-empty list of instance names"),
+    ({"retries": -1}, "retries must be >= 0, got -1"),
+    ({"retries": 1.5}, "retries must be int, got 1.5"),
+    ({"exempt_groups": "dba"}, "exempt_groups must be list, got 'dba'"),
+    ({"exempt_groups": [None]}, "exempt_groups must be a list of strings, got (None,)"),
+    ({"include_superusers": "no"}, "include_superusers must be bool, got 'no'"),
+    ({"override_guard": 1}, "override_guard must be bool, got 1"),
+    ({"lookback_hours": 0}, "lookback_hours must be a positive number, got 0"),
+    ({"lookback_hours": "1d"}, "lookback_hours must be int or float, got '1d'"),
+    ({"max_log_gap_hours": -3}, "max_log_gap_hours must be a positive number, got -3"),
+    ({"settle_seconds": 1200}, "overlap_minutes (15) must cover settle_seconds (1200)"),
+    ({"settle_seconds": "60"}, "settle_seconds must be int, got '60'"),
+    ({"lease_hours": 0}, "lease_hours must be > 0, got 0"),
+    ({"aws_conn_id": 5}, "aws_conn_id must be str or null, got 5"),
+    ({"region_name": ["us-east-1"]}, "region_name must be str or null, got ['us-east-1']"),
+    ({"master_user": 7}, "master_user must be str or null, got 7"),
+    ({"log_group": False}, "log_group must be str or null, got False"),
+    ({"instances": ["i-1", ""]}, "instances must be a non-empty list of instance names"),
+    ({"alert": {"slack_conn_id": 3}}, "alert.slack_conn_id must be a string or null, got 3"),
+    ({"alert": "sns"}, "alert must be dict, got 'sns'"),
+]
+
+
+def test_every_key_has_a_bad_value_case() -> None:
+    from inactive_users.config import ALERT_KEYS, CLUSTER_ONLY_KEYS, ENGINE_KEYS, OTHER_DEFAULT_KEYS
+
+    covered = {next(iter(entry)) for entry, _ in BAD_VALUES}
+    alerts = [entry["alert"] for entry, _ in BAD_VALUES if isinstance(entry.get("alert"), dict)]
+    covered |= {f"alert.{k}" for alert in alerts for k in alert}
+    expected = (
+        set(ENGINE_KEYS)
+        | set(OTHER_DEFAULT_KEYS)
+        | set(CLUSTER_ONLY_KEYS)
+        | {f"alert.{k}" for k in ALERT_KEYS}
+    )
+    assert expected - covered == set()
+
+
+@pytest.mark.parametrize("entry, message", BAD_VALUES)
 def test_bad_values_are_named(tmp_path: Path, entry: dict[str, Any], message: str) -> None:
     loaded = one(tmp_path, **entry)
     assert loaded.clusters == []
