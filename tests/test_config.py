@@ -212,6 +212,11 @@ def test_run_options_override_for_one_run_and_say_where_values_came_from(tmp_pat
         ({"unlock_users": "bob"}, "unlock_users must be a list of role names"),
         ({"exclude_users": [""]}, "exclude_users must be a list of role names"),
         ({"lock_after": 3}, "unknown trigger parameter(s) ['lock_after']"),
+        (
+            {"lock_after_days": "ninety"},
+            "lock_after_days must be a whole number of days >= 1 or null, got 'ninety'",
+        ),
+        ({"delete_after_days": 0}, "delete_after_days must be a whole number of days >= 1 or null, got 0"),
     ],
 )
 def test_bad_trigger_conf_is_named(tmp_path: Path, conf: dict[str, Any], message: str) -> None:
