@@ -29,7 +29,6 @@ from botocore.retries.standard import ExponentialBackoff
 
 from devstack.faultproxy import FAULTS, AwsError, FaultProxy, FaultProxyError, ProxiedRequest
 from devstack.motoserver import TEST_ACCESS_KEY, TEST_SECRET_KEY, MotoServer, airflow_aws_conn
-from inactive_users.cloudwatch import LogSourceError
 from tests.scenario import Scenario
 
 PAGE_SIZE = 2  # many small FilterLogEvents pages, so many requests to fault
@@ -246,18 +245,6 @@ def test_persistent_faults_fail_loudly_and_change_nothing(scenario: Scenario) ->
         assert marks_after[instance] > marks_before[instance]  # type: ignore[operator]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=LogSourceError,
-    reason=(
-        "product bug, cloudwatch.py CloudWatchLogins._stream_missing: on a ResourceNotFoundException "
-        "for an instance's stream it calls DescribeLogGroups and maps *any* ClientError there "
-        "(throttling after retries, 503, AccessDenied) to 'group missing', so _call raises "
-        "LogSourceError 'log group not found ... enable the postgresql log export', which steps.py "
-        "treats as PERMANENT (AirflowFailException, no task retry): a transient CloudWatch failure "
-        "fails the run for good with a false diagnosis"
-    ),
-)
 @pytest.mark.usefixtures("short_throttle_backoff")
 def test_throttled_describe_log_groups_is_not_reported_as_a_missing_log_group(scenario: Scenario) -> None:
     """A new reader whose stream does not exist yet, while DescribeLogGroups is being throttled.

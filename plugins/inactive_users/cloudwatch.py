@@ -71,7 +71,10 @@ class CloudWatchLogins:
             hook = AwsLogsHook(
                 aws_conn_id=self.aws_conn_id,
                 region_name=self.region_name,
-                config=Config(retries={"mode": "standard", "max_attempts": 8}),
+                # 8 attempts in all per call; a silent endpoint costs at most 8 x 30 s
+                config=Config(
+                    retries={"mode": "standard", "total_max_attempts": 8}, connect_timeout=10, read_timeout=30
+                ),
             )
             self._client = hook.conn
         return self._client
@@ -130,13 +133,12 @@ class CloudWatchLogins:
             raise
 
     def _stream_missing(self, stream: str) -> bool:
-        """True when the group exists but this instance has never written to it."""
-        from botocore.exceptions import ClientError
+        """True when the group exists but this instance has never written to it.
 
-        try:
-            groups = self.client.describe_log_groups(logGroupNamePrefix=self.log_group).get("logGroups", [])
-        except ClientError:
-            return False
+        Errors of this check itself (throttling, access denied) propagate as they are: they are not
+        evidence that the log export is off, and a transient one must stay retryable.
+        """
+        groups = self.client.describe_log_groups(logGroupNamePrefix=self.log_group).get("logGroups", [])
         if not any(g.get("logGroupName") == self.log_group for g in groups):
             return False
         log.warning("log stream %r does not exist yet in %s; treating it as empty", stream, self.log_group)
