@@ -22,17 +22,24 @@ different splits both agree (e.g. role ``a@b`` on database ``c`` vs. role ``a`` 
 with the message ``user=a@b database=c``) cannot be told apart by text. We take the split with the
 shortest user name; the message then reads ``user=a database=b@c database=c``, which PostgreSQL
 never writes for role ``a``, so in practice the split is unique.
+
+Speed: ``LoginAggregator.feed`` reads every line through the general parser (``split_line``,
+``parse_login``): several regex passes and objects per line, ~100k lines/s. A busy cluster writes
+millions of lines a day, so ``feed_lines``/``feed_many`` first try one anchored pattern that only
+matches the common, unambiguous shape of a login line and is exact whenever it matches (see
+``_FAST_LOGIN``); every other line still goes through the general parser.
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from functools import lru_cache
-from itertools import repeat
+from itertools import islice, repeat
+from typing import TypeVar
 
 LOGIN_PHRASE = "connection authorized: user="
 REPLICATION_PHRASE = "replication connection authorized: user="
@@ -67,19 +74,46 @@ _TS = re.compile(
 # %r: "[local]", "host(port)" (IPv6 hosts contain ':' but never parentheses or spaces), or empty.
 _REMOTE = re.compile(r"\[local\]:|[^\s()]+\(\d+\):|:")
 _SEVERITY = re.compile(r":\[(\d+)\]:([A-Z]+[0-9]?):  ")
-_AUTH_FAILED = re.compile(r'authentication failed for user "(.*)"')
+_AUTH_FAILED = 'authentication failed for user "'
 _UTC_NAMES = frozenset({"UTC", "GMT", "Z", "UCT", "UT", "Zulu"})
 _MAX_COUNTED_NAMES = 10_000
 
-# The fast path (LoginAggregator._feed_fast) looks for these whole: the end of ":[pid]" and the
-# severity, with what must follow it.
-_MARK_LOGIN = "]:LOG:  " + LOGIN_PHRASE
-_MARK_REPLICATION = "]:LOG:  " + REPLICATION_PHRASE
+# The fast path. A line _FAST_LOGIN matches, whose group 1 _utc_second accepts, is one that
+# parse_login reads as a login of group 2 on pid group 4 at that second; every other line goes to
+# the general parser. Why a match is exact, part by part:
+# * "%t" with " UTC": when its 19 characters are an ASCII "YYYY-MM-DD HH:MM:SS" (_utc_second
+#   checks, once per second) _TS reads exactly these 24 (the zone cannot take the ':'). Other
+#   digits, zones and fractions do not match or fail that check.
+# * %r: the same alternatives as _REMOTE, atomic, so the same one is taken.
+# * "%u@%d" with no ':' (so the first ':[pid]:SEVERITY:  ' after %r, which split_line takes, is
+#   the one that follows) and a single '@' (so there is one way to split it).
+# * the message says the same user and database, followed by the end of the first line or one
+#   of _SUFFIXES, as parse_login requires (replication: no " database=").
+# Possessive "++"/"*+" where backtracking could not find another match anyway: it is cheaper.
+_UTC_STAMP = r"(.{19}) UTC:"
+_ASCII_STAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}")
+_ATOMIC_REMOTE = f"(?>{_REMOTE.pattern})"
+_FAST_LOGIN = re.compile(
+    _UTC_STAMP
+    + _ATOMIC_REMOTE
+    + r"([^@:\n]++)@([^@:\n]*+):\[([0-9]++)\]:LOG:  "
+    + r"(?:connection authorized: user=\2 database=\3(?=\Z|\n|"
+    + "|".join(map(re.escape, _SUFFIXES))
+    + r")|replication connection authorized: user=\2(?=\Z|\n|"
+    + "|".join(re.escape(s) for s in _SUFFIXES if s != " database=")
+    + "))"
+)
+# The same for a FATAL line: "%u@%d" without ':' (anything else in it is fine), and the first
+# line of the message.
+_FAST_FATAL = re.compile(_UTC_STAMP + _ATOMIC_REMOTE + r"([^:\n]*+):\[([0-9]++)\]:FATAL:  (.*)")
+# Substrings every line that parse_login reads as a login (or _fatal as a FATAL) must contain:
+# the end of ":[pid", the severity, and what must follow it.
+_MARKS_LOGIN = ("]:LOG:  " + LOGIN_PHRASE, "]:LOG:  " + REPLICATION_PHRASE)
 _MARK_FATAL = "]:FATAL:  "
-_AUTH_FAILED_TEXT = 'authentication failed for user "'
-_REPLICATION_SUFFIXES = tuple(s for s in _SUFFIXES if s != " database=")
+_SECOND_STEPS = {f"{s:02d}": timedelta(seconds=s) for s in range(60)}
 
-_Pending = tuple[datetime, str]  # (login time, user) of a login that a FATAL may still cancel
+_T = TypeVar("_T")
+_Pending = tuple[str, datetime]  # (user, login time) of a login a FATAL from its pid may still cancel
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,10 +155,42 @@ def parse_timestamp(text: str) -> tuple[datetime | None, int] | None:
     micro = int(frac.ljust(6, "0")) if frac else 0
     year, month, day, hour, minute, second = (int(m.group(i)) for i in range(1, 7))
     try:
-        ts = datetime(year, month, day, hour, minute, second, micro, tzinfo=tz)
+        ts = datetime(year, month, day, hour, minute, second, micro, tzinfo=tz).astimezone(UTC)
+    except (ValueError, OverflowError):  # no such date, or (year 1 or 9999 in a zone) not in UTC's range
+        return None
+    return ts, m.end()
+
+
+@lru_cache(maxsize=256)
+def _utc_second(stamp: str) -> datetime | None:
+    """``parse_timestamp(stamp + " UTC:")[0]`` if ``stamp`` is an ASCII ``YYYY-MM-DD HH:MM:SS`` that exists.
+
+    None otherwise: other digits, or no such second (left to the general parser). Lines arrive
+    in time order, so few seconds are asked for often (cached), and a new second is usually in a
+    minute already seen (cached too), which leaves a slice, a lookup and an addition.
+    """
+    if _ASCII_STAMP.fullmatch(stamp) is None:
+        return None
+    step = _SECOND_STEPS.get(stamp[17:])
+    minute = _utc_minute(stamp[:16])
+    if step is None or minute is None:
+        return None
+    return minute + step
+
+
+@lru_cache(maxsize=64)
+def _utc_minute(stamp: str) -> datetime | None:
+    try:
+        return datetime(
+            int(stamp[0:4]),
+            int(stamp[5:7]),
+            int(stamp[8:10]),
+            int(stamp[11:13]),
+            int(stamp[14:16]),
+            tzinfo=UTC,
+        )
     except ValueError:
         return None
-    return ts.astimezone(UTC), m.end()
 
 
 def split_line(text: str) -> Line | None:
@@ -196,82 +262,27 @@ def parse_login(text: str, event_ts: datetime | None = None) -> Login | None:
     return None
 
 
-@lru_cache(maxsize=1024)
-def _utc_second(stamp: str) -> datetime | None:
-    """The time of a ``YYYY-MM-DD HH:MM:SS`` stamp followed by `` UTC:``, or None if invalid.
+def _failed_user(message: str) -> str | None:
+    """The name in ``authentication failed for user "NAME"`` (to the last quote), if the message says so.
 
-    Cached because lines arrive in time order, many per second.
+    As the regex ``authentication failed for user "(.*)"`` on one line, without its cost.
     """
-    parsed = parse_timestamp(stamp + " UTC:")
-    return None if parsed is None else parsed[0]
-
-
-def _prefix_at(text: str, sev: int) -> tuple[str, int] | None:
-    """(``%u@%d``, ``%p``) of a line whose severity ``split_line`` would find right after ``]`` at ``sev``.
-
-    The caller has checked the canonical ``%t`` (`` UTC:`` at 19) and that the line is a single
-    line. None means "not certain": no remote, or a ``:[`` before the pid (a name containing it),
-    or the ``]`` at ``sev`` not closing the first ``:[digits`` after the remote.
-    """
-    if text.startswith("[local]:", 24):
-        rest = 32
-    else:
-        remote = _REMOTE.match(text, 24)
-        if remote is None:
-            return None
-        rest = remote.end()
-    q = text.find(":[", rest, sev)
-    if q < 0:
+    i = message.find(_AUTH_FAILED)
+    if i < 0:
         return None
-    pid = text[q + 2 : sev]
-    if not pid.isdecimal():
-        return None
-    return text[rest:q], int(pid)
+    start = i + len(_AUTH_FAILED)
+    end = message.rfind('"')
+    return message[start:end] if end >= start else None
 
 
-def _fast_login(text: str, p: int, replication: bool) -> tuple[int, str] | tuple[()] | None:
-    """``parse_login`` for a single canonical line with a login marker at ``p``.
-
-    Returns (pid, user) for a login, ``()`` when the reference certainly finds none, and None when
-    only the reference can tell (several ``@`` in ``%u@%d``, or an unusual prefix).
-    """
-    found = _prefix_at(text, p)
-    if found is None:
-        return None
-    userdb, pid = found
-    at = userdb.find("@")
-    if at < 0:
-        return ()
-    if userdb.find("@", at + 1) >= 0:
-        return None  # several ways to split %u@%d: let parse_login choose
-    if at == 0:
-        return ()
-    user = userdb[:at]
-    if replication:
-        start = p + len(_MARK_REPLICATION)
-        if not text.startswith(user, start):
-            return ()
-        end = start + at
-        suffixes = _REPLICATION_SUFFIXES
-    else:
-        start = p + len(_MARK_LOGIN)
-        expected = userdb.replace("@", " database=")  # "U database=D", as the message must read
-        if not text.startswith(expected, start):
-            return ()
-        end = start + len(expected)
-        suffixes = _SUFFIXES
-    if end == len(text) or text.startswith(suffixes, end):
-        return pid, user
-    return ()
-
-
-def _rejected_user(line: Line) -> str | None:
+def _rejected_user(severity: str, userdb: str, message: str) -> str | None:
     """The user whose just-authorized session this FATAL line ends, if it is such a rejection."""
-    msg = line.message
-    if line.severity != "FATAL" or not (msg.startswith(_REJECTION_STARTS) or msg.endswith(_REJECTION_ENDS)):
+    if severity != "FATAL" or not (
+        message.startswith(_REJECTION_STARTS) or message.endswith(_REJECTION_ENDS)
+    ):
         return None
-    at = line.userdb.find("@")
-    return line.userdb[:at] if at >= 0 else None
+    at = userdb.find("@")
+    return userdb[:at] if at >= 0 else None
 
 
 @dataclass
@@ -305,30 +316,35 @@ class LoginAggregator:
     Memory holds one entry per distinct user plus the logins of the last ``settle`` seconds that
     may still be rejected by a FATAL from the same pid; it does not grow with the number of lines.
 
-    ``feed`` reads one event through the reference parser (``parse_login``/``split_line``).
-    ``feed_lines``/``feed_many`` read a batch an order of magnitude faster with the same result:
-    see ``_feed_fast``.
+    ``feed`` reads one event through the general parser; ``feed_lines`` and ``feed_many`` read a
+    batch with the same result several times faster (see ``_feed_fast``).
     """
 
     def __init__(self, settle: timedelta = timedelta(seconds=60)) -> None:
         self.settle = settle
         self.summary = LoginSummary()
         self._pending: dict[int, _Pending] = {}
+        self._latest: datetime | None = None  # the latest time in summary.last_login
+        self._in_order = True  # every login pending so far was fed no earlier than the one before
 
     def feed(self, message: str, event_ts: datetime | None = None) -> None:
         self.summary.events += 1
         self._feed_one(message, event_ts)
 
     def feed_many(self, events: Iterable[tuple[str, datetime | None]]) -> None:
-        """Feed ``(message, event time)`` pairs; same result as ``feed`` on each, much faster."""
-        self._feed_fast(events)
+        """Feed ``(message, event time)`` pairs in time order: as ``feed`` on each, faster."""
+        for chunk in _chunks(events):
+            self.summary.events += len(chunk)
+            self._feed_fast(chunk)
 
     def feed_lines(self, lines: Iterable[str]) -> None:
-        """Feed raw lines that have no event time of their own (files, tests, benchmarks)."""
-        self._feed_fast(zip(lines, repeat(None)))
+        """Feed raw lines in time order that have no event time of their own (files, tests, benchmarks)."""
+        for chunk in _chunks(lines):
+            self.summary.events += len(chunk)
+            self._feed_fast(zip(chunk, repeat(None)))
 
     def _feed_one(self, message: str, event_ts: datetime | None) -> None:
-        """The reference path: every line through the general parser."""
+        """The general path: any line, through ``parse_login`` / ``split_line``."""
         if LOGIN_PHRASE in message:
             login = parse_login(message, event_ts)
             if login is not None:
@@ -337,163 +353,150 @@ class LoginAggregator:
         if "FATAL:" in message:
             self._fatal(message, event_ts)
 
+    def _feed_fast(self, events: Iterable[tuple[str, datetime | None]]) -> None:
+        """Feed a chunk (its events already counted) with the result of ``_feed_one`` on each, faster.
+
+        Where the time goes in ``_feed_one``: several regex passes, a ``Line`` and a ``Login`` per
+        line, a timestamp parse per line, and a look at the pending window per login. Here a line
+        without the login phrase costs a substring test or two; a login line in the common shape
+        costs one anchored match (``_FAST_LOGIN``); the timestamp is converted once per distinct
+        second (lines are in time order); the window is only looked at when its horizon or its
+        front may have moved. Anything unusual goes to the general parser, line by line.
+        """
+        pending, match = self._pending, _FAST_LOGIN.match
+        stamp, ts = "-", None  # the last "YYYY-MM-DD HH:MM:SS" seen (none yet), and its time
+        settled_for: datetime | None = None  # the login time the window was last settled for
+        moved = True  # the window's front may have changed since it was last settled
+        for text, event_ts in events:
+            phrase = LOGIN_PHRASE in text
+            m = match(text) if phrase else None
+            if m is not None:
+                user, pid = m[2], int(m[4])
+                if not text.startswith(stamp):  # a new second (the match is its first 19 characters)
+                    stamp = text[:19]
+                    ts = _utc_second(stamp)
+                if ts is None:  # not an ASCII time that exists: the general parser decides
+                    self._feed_one(text, event_ts)
+                    moved, settled_for = True, None
+                    continue
+                if pid in pending:  # the pid was reused, so its earlier session was not rejected
+                    self._accept_all([pending.pop(pid)])
+                    moved = True
+                pending[pid] = (user, ts)
+                if ts is not settled_for:
+                    settled_for, moved = ts, True
+                    self._note_time(ts)
+                if moved:
+                    self._settle(ts - self.settle)
+                    moved = not pending
+            elif phrase:
+                if self._unusual_login(text, event_ts):
+                    moved = True  # and last_event may have moved: note the next time
+            elif _MARK_FATAL in text and self._fast_fatal(text, event_ts):
+                moved = True
+
+    def _unusual_login(self, text: str, event_ts: datetime | None) -> bool:
+        """A line with the login phrase that ``_FAST_LOGIN`` missed; True if the window may have changed.
+
+        Every line ``parse_login`` accepts contains one of ``_MARKS_LOGIN``; one that does not (a
+        statement quoting the phrase) is nothing, and as in ``_feed_one`` it is not read as a FATAL.
+        The rest (names with ``:`` or ``@``, another time zone, forgeries) get the general parser.
+        """
+        if _MARKS_LOGIN[0] not in text and _MARKS_LOGIN[1] not in text:
+            return False
+        self._feed_one(text, event_ts)
+        return True
+
+    def _fast_fatal(self, text: str, event_ts: datetime | None) -> bool:
+        """``_fatal`` for a line with ``_MARK_FATAL`` and no login phrase; True if a pending login went."""
+        m = _FAST_FATAL.match(text)
+        if m is None:
+            return self._fatal(text, event_ts)
+        key, userdb, pid, message = m.groups()
+        if _utc_second(key) is None:
+            return self._fatal(text, event_ts)
+        return self._fatal_parts("FATAL", userdb, int(pid), message)
+
+    def _note_time(self, ts: datetime) -> None:
+        """A login at ``ts`` is about to be pending: keep ``last_event`` and ``_in_order``."""
+        last = self.summary.last_event
+        if last is None or ts > last:
+            self.summary.last_event = ts
+        elif ts < last:
+            self._in_order = False
+
     def _add_pending(self, pid: int, ts: datetime, user: str) -> None:
-        s = self.summary
-        if s.last_event is None or ts > s.last_event:
-            s.last_event = ts
+        self._note_time(ts)
         previous = self._pending.pop(pid, None)
         if previous is not None:  # the pid was reused, so its earlier session was not rejected
-            self._accept(previous)
-        self._pending[pid] = (ts, user)
+            self._accept_all([previous])
+        self._pending[pid] = (user, ts)
         self._settle(ts - self.settle)
 
     def _settle(self, horizon: datetime) -> None:
-        """Accept the pending logins older than ``horizon``, oldest first, up to the first newer one.
+        """Accept pending logins older than ``horizon`` from the oldest fed, up to the first newer one.
 
-        Only the front is looked at (as logins arrive in time order), so an out-of-order login stays
-        pending until everything fed before it has been settled.
+        One pass over the front, then the deletions (a dict whose front keeps being deleted has
+        to skip the deleted slots on every ``next(iter(...))``).
         """
         pending = self._pending
-        while pending:
-            pid = next(iter(pending))
-            login = pending[pid]
-            if login[0] >= horizon:
+        n = 0
+        for _user, ts in pending.values():
+            if ts >= horizon:
                 break
-            del pending[pid]
-            self._accept(login)
+            n += 1
+        if n:
+            self._accept_all(list(map(pending.pop, list(islice(pending, n)))))
 
-    def _fatal(self, message: str, event_ts: datetime | None) -> None:
+    def _fatal(self, message: str, event_ts: datetime | None) -> bool:
+        """``_fatal_parts`` of any line, split by ``split_line``; True if a pending login went."""
         line = split_line(message)
         if line is None:
-            return
-        failed = _AUTH_FAILED.search(line.message) if line.severity == "FATAL" else None
-        if failed is not None:
-            _count(self.summary.failed_auth, failed.group(1))
-            return
-        user = _rejected_user(line)
-        if user is not None:
-            self._reject(line.pid, user)
+            return False
+        return self._fatal_parts(line.severity, line.userdb, line.pid, line.message)
 
-    def _reject(self, pid: int, user: str) -> None:
-        """A FATAL ended the session of ``user`` on ``pid``: its pending login was not activity."""
-        pending = self._pending.get(pid)
-        if pending is not None and pending[1] == user:
-            del self._pending[pid]
-            _count(self.summary.rejected, user)
+    def _fatal_parts(self, severity: str, userdb: str, pid: int, message: str) -> bool:
+        """Count a failed authentication, or cancel the pending login a FATAL rejects.
 
-    def _accept(self, login: _Pending) -> None:
-        ts, user = login
-        s = self.summary
-        s.logins += 1
-        current = s.last_login.get(user)
-        if current is None or ts > current:
-            s.last_login[user] = ts
-
-    def _feed_fast(self, events: Iterable[tuple[str, datetime | None]]) -> None:
-        """Feed a batch with the result of ``_feed_one`` on each event, at a fraction of the cost.
-
-        Why it is fast: most lines are decided by a few ``str`` searches (C loops) and no regex or
-        per-line object; the timestamp is parsed once per distinct second (lines arrive in time
-        order, many per second); the pending window is only re-examined when its horizon or its
-        front may have moved.
-
-        Why it is exact: a line is only decided here when its shape makes the reference's reading
-        certain (``_fast_login`` says which); anything else goes to ``_feed_one``. The
-        decisions rest on necessary conditions of the reference:
-
-        * a genuine login contains ``]:LOG:  connection authorized: user=`` (or the replication
-          form), as its severity ``:[pid]:LOG:  `` is directly followed by the phrase; a line
-          that has the phrase without either marker (a quoted statement) is nothing, and as
-          in ``feed`` it is not read as a FATAL either;
-        * a FATAL that counts contains ``]:FATAL:  ``.
+        Returns True if a pending login was cancelled.
         """
-        s = self.summary
-        pending = self._pending
-        stamp_key: str | None = None  # the last "YYYY-MM-DD HH:MM:SS" seen, and its time
-        ts: datetime | None = None
-        horizon_of: datetime | None = None  # the login time the window was last settled for
-        resettle = True  # the window's front may have changed since it was last settled
-        n = 0
-        try:
-            for n, (text, event_ts) in enumerate(events, 1):  # noqa: B007 (n is read after the loop)
-                p = text.find(_MARK_LOGIN)
-                if p >= 0:
-                    replication = False
-                elif LOGIN_PHRASE not in text:
-                    if "FATAL:" in text and self._fast_fatal(text):
-                        resettle = True
-                    continue
-                else:
-                    p = text.find(_MARK_REPLICATION)
-                    if p < 0:
-                        continue  # the phrase quoted elsewhere: never a login
-                    replication = True
-                # the timestamp, parsed once per distinct second
-                if not text.startswith(" UTC:", 19):
-                    self._feed_one(text, event_ts)
-                    resettle = True
-                    continue
-                key = text[:19]
-                if key != stamp_key:
-                    stamp_key = key
-                    ts = _utc_second(key)
-                if ts is None:
-                    continue  # not a valid time, so not a prefix
-                found = _fast_login(text, p, replication)
-                if found is None:
-                    self._feed_one(text, event_ts)
-                    resettle = True
-                    continue
-                if not found:
-                    continue
-                pid, user = found
-                previous = pending.pop(pid, None)
-                if previous is not None:
-                    self._accept(previous)
-                    resettle = True
-                pending[pid] = (ts, user)
-                if ts is not horizon_of:
-                    horizon_of = ts
-                    resettle = True
-                    if s.last_event is None or ts > s.last_event:
-                        s.last_event = ts
-                if resettle:
-                    self._settle(ts - self.settle)
-                    resettle = not pending
-        finally:
-            s.events += n
+        failed = _failed_user(message) if severity == "FATAL" else None
+        if failed is not None:
+            _count(self.summary.failed_auth, failed)
+            return False
+        user = _rejected_user(severity, userdb, message)
+        if user is None:
+            return False
+        pending = self._pending.get(pid)
+        if pending is None or pending[0] != user:
+            return False
+        del self._pending[pid]
+        _count(self.summary.rejected, user)
+        return True
 
-    def _fast_fatal(self, text: str) -> bool:
-        """``_fatal`` for a line with ``FATAL:`` and no login phrase; True if a pending login went."""
-        p = text.find(_MARK_FATAL)
-        if p < 0:
-            return False  # the severity is not FATAL, so the line says nothing
-        before = len(self._pending)
-        if not text.startswith(" UTC:", 19) or "\n" in text:
-            self._fatal(text, None)
-            return len(self._pending) != before
-        if _utc_second(text[:19]) is None:
-            return False
-        found = _prefix_at(text, p)
-        if found is None:
-            self._fatal(text, None)
-            return len(self._pending) != before
-        if not found:
-            return False
-        userdb, pid = found
-        message = text[p + len(_MARK_FATAL) :]
-        i = message.find(_AUTH_FAILED_TEXT)
-        if i >= 0:
-            j = message.rfind('"')
-            if j >= i + len(_AUTH_FAILED_TEXT):
-                _count(self.summary.failed_auth, message[i + len(_AUTH_FAILED_TEXT) : j])
-                return False
-        if not (message.startswith(_REJECTION_STARTS) or message.endswith(_REJECTION_ENDS)):
-            return False
-        at = userdb.find("@")
-        if at >= 0:
-            self._reject(pid, userdb[:at])
-        return len(self._pending) != before
+    def _accept_all(self, logins: list[_Pending]) -> None:
+        """Count pending logins (in the order fed) as activity: each user keeps the latest.
+
+        Usually every login was fed in time order (``_in_order``) and these are no older than
+        any time kept so far; then the latest of each user is simply the last: one ``dict.update``.
+        """
+        if not logins:
+            return
+        s = self.summary
+        s.logins += len(logins)
+        if self._in_order and (self._latest is None or logins[0][1] >= self._latest):
+            s.last_login.update(logins)
+            self._latest = logins[-1][1]
+            return
+        last_login = s.last_login
+        latest = self._latest
+        for user, ts in logins:
+            current = last_login.get(user)
+            if current is None or ts > current:
+                last_login[user] = ts
+            if latest is None or ts > latest:
+                latest = ts
+        self._latest = latest
 
     def finish(self, read_until: datetime | None = None) -> LoginSummary:
         """Settle the remaining logins.
@@ -502,12 +505,14 @@ class LoginAggregator:
         delivered; they are left out (counted as ``unsettled``) and read again by the next run's
         overlap window.
         """
-        for login in self._pending.values():
-            if read_until is not None and login[0] > read_until - self.settle:
-                self.summary.unsettled += 1
-            else:
-                self._accept(login)
+        logins = list(self._pending.values())
         self._pending.clear()
+        if read_until is not None:
+            horizon = read_until - self.settle
+            settled = [login for login in logins if login[1] <= horizon]
+            self.summary.unsettled += len(logins) - len(settled)
+            logins = settled
+        self._accept_all(logins)
         return self.summary
 
 
@@ -516,6 +521,13 @@ def _count(counter: Counter[str], name: str) -> None:
         counter[name] += 1
     else:
         counter["<other>"] += 1
+
+
+def _chunks(items: Iterable[_T], size: int = 4096) -> Iterator[list[_T]]:
+    """``items`` in lists of ``size``: the batch path counts events per list, not per line."""
+    it = iter(items)
+    while chunk := list(islice(it, size)):
+        yield chunk
 
 
 def summarize(lines: Iterable[str], read_until: datetime | None = None) -> LoginSummary:

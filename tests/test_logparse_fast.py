@@ -1,0 +1,463 @@
+"""The batch path (``feed_lines``/``feed_many``) against the line-by-line reference (``feed``).
+
+The batch path decides common lines itself and hands the rest to the general parser, so its
+result must be exactly what ``feed`` gives: same logins, rejections, failures, counts, pending
+window, on any input.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from inactive_users import logparse
+from inactive_users.logparse import LoginAggregator, LoginSummary, parse_timestamp, summarize
+
+WHEN = datetime(2026, 11, 26, 9, 54, 51, tzinfo=UTC)
+Event = tuple[str, datetime | None]
+
+
+def reference(
+    events: list[Event], settle: timedelta = timedelta(seconds=60), read_until: datetime | None = None
+) -> tuple[LoginSummary, list[tuple[int, tuple[str, datetime]]]]:
+    agg = LoginAggregator(settle)
+    for message, ts in events:
+        agg.feed(message, ts)
+    pending = list(agg._pending.items())
+    return agg.finish(read_until), pending
+
+
+def batched(
+    events: list[Event],
+    settle: timedelta = timedelta(seconds=60),
+    read_until: datetime | None = None,
+    cuts: tuple[int, ...] = (),
+) -> tuple[LoginSummary, list[tuple[int, tuple[str, datetime]]]]:
+    """The batch path, the events split into several ``feed_many`` calls at ``cuts``."""
+    agg = LoginAggregator(settle)
+    start = 0
+    for cut in (*sorted(cuts), len(events)):
+        agg.feed_many(events[start:cut])
+        start = max(start, cut)
+    pending = list(agg._pending.items())
+    return agg.finish(read_until), pending
+
+
+def assert_same(
+    events: list[Event],
+    settle: timedelta = timedelta(seconds=60),
+    read_until: datetime | None = None,
+    cuts: tuple[int, ...] = (),
+) -> LoginSummary:
+    expected = reference(events, settle, read_until)
+    got = batched(events, settle, read_until, cuts)
+    assert got[1] == expected[1]  # the same logins still pending, in the same order
+    assert got[0] == expected[0]
+    return got[0]
+
+
+def line(
+    user: str, db: str, message: str, *, remote: str = "10.0.0.7(5000)", pid: int = 42, ts: str = ""
+) -> str:
+    return f"{ts or stamp(0)}:{remote}:{user}@{db}:[{pid}]:{message}"
+
+
+def auth(user: str, db: str, suffix: str = "", **kw: object) -> str:
+    return line(user, db, f"LOG:  connection authorized: user={user} database={db}{suffix}", **kw)  # type: ignore[arg-type]
+
+
+def stamp(seconds: int) -> str:
+    return (WHEN + timedelta(seconds=seconds)).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+# -- a generated mix -------------------------------------------------------------------------------
+
+# Names that look like more prefix ("x:[1]:LOG:  y") make split_line find the severity inside them;
+# "[local]:x(1)" is a remote that only a backtracking regex would read as "host(port)".
+USERS = [
+    "alice",
+    "bob",
+    "carol",
+    "a b",
+    "a@b",
+    "x:y",
+    "😀 emoji",
+    'q"uote',
+    "user=bob",
+    "Ünïcødé",
+    "x:[1]:LOG:  y",
+]
+DATABASES = ["app", "analytics", "b@c", "d:[2]:", "база", "", "d:[1]:LOG:  "]
+REMOTES = [
+    "10.0.0.7(51244)",
+    "[local]",
+    "::1(5432)",
+    "2001:db8::17(60000)",
+    "db.example.com(1)",
+    "",
+    "[local]:x(1)",
+]
+SUFFIXES = [
+    "",
+    " application_name=psql",
+    " application_name=x y SSL enabled (protocol=TLSv1.3, cipher=Y, bits=256)",
+    " SSL enabled (protocol=TLSv1.3, cipher=TLS_AES_256_GCM_SHA384, bits=256)",
+    " GSS (authenticated=yes, encrypted=yes, principal=a@EX.COM)",
+]
+# What may not follow "user=U database=D" ("database=appx" names another database).
+NOT_SUFFIXES = ["x", " x", " database=other", "\x00"]
+REJECTIONS = [
+    'role "{u}" is not permitted to log in',
+    'too many connections for role "{u}"',
+    'permission denied for database "{d}"',
+    'database "{d}" does not exist',
+    "remaining connection slots are reserved for non-replication superuser connections",
+    "terminating connection due to administrator command",  # not a rejection
+]
+
+
+def mix(n: int, seed: int) -> list[Event]:
+    """Time-ordered lines of every shape, hostile ones included, with an event time each."""
+    rng = random.Random(seed)
+    events: list[Event] = []
+    second = 0
+    for _ in range(n):
+        second += rng.choice([0, 0, 0, 1, 1, 7, 61])
+        ts = stamp(second)
+        event_ts = WHEN + timedelta(seconds=second)
+        user = rng.choice(USERS[:3]) if rng.random() < 0.7 else rng.choice(USERS)
+        db = rng.choice(DATABASES[:2]) if rng.random() < 0.7 else rng.choice(DATABASES)
+        pid = rng.randrange(1, 40)
+        kw = {"remote": rng.choice(REMOTES), "pid": pid, "ts": ts}
+        r = rng.random()
+        if r < 0.40:
+            text = auth(user, db, rng.choice(SUFFIXES + NOT_SUFFIXES), **kw)  # type: ignore[arg-type]
+        elif r < 0.45:
+            text = line(
+                user,
+                "",
+                f"LOG:  replication connection authorized: user={user}{rng.choice(SUFFIXES + NOT_SUFFIXES)}",
+                **kw,
+            )  # type: ignore[arg-type]
+        elif r < 0.55:  # authorized, then (maybe) rejected by the same backend
+            events.append((auth(user, db, **kw), event_ts))  # type: ignore[arg-type]
+            reason = rng.choice(REJECTIONS).format(u=user, d=db)
+            text = line(user if rng.random() < 0.9 else "bob", db, f"FATAL:  {reason}", **kw)  # type: ignore[arg-type]
+        elif r < 0.62:
+            text = line(user, db, f'FATAL:  password authentication failed for user "{user}"', **kw)  # type: ignore[arg-type]
+        elif r < 0.67:  # a statement quoting the phrase, the victim's name in it
+            text = line(
+                user, db, f"LOG:  statement: select 'connection authorized: user=victim database={db}'", **kw
+            )  # type: ignore[arg-type]
+        elif r < 0.70:  # the same, forging the whole prefix
+            text = line(
+                user,
+                db,
+                f"LOG:  statement: select ':[1]:LOG:  connection authorized: user=victim database={db}'",
+                **kw,
+            )  # type: ignore[arg-type]
+        elif r < 0.74:  # the prefix's user and the message's disagree
+            text = line(user, db, f"LOG:  connection authorized: user=victim database={db}", **kw)  # type: ignore[arg-type]
+        elif r < 0.77:  # truncated
+            full = auth(user, db, rng.choice(SUFFIXES), **kw)  # type: ignore[arg-type]
+            text = full[: rng.randrange(len(full))]
+        elif r < 0.80:  # a zone abbreviation that cannot be resolved: the event time is used
+            text = auth(user, db, ts=(WHEN + timedelta(seconds=second)).strftime("%Y-%m-%d %H:%M:%S EST"))
+        elif r < 0.82:  # milliseconds, or a numeric zone
+            zone = rng.choice([".123 UTC", " +01", " -05:30"])
+            text = auth(user, db, ts=(WHEN + timedelta(seconds=second)).strftime("%Y-%m-%d %H:%M:%S") + zone)
+        elif r < 0.84:  # a multi-line event: only its first line counts
+            text = line(user, db, "LOG:  statement: select 1;\n", **kw) + auth("victim", "app", **kw)  # type: ignore[arg-type]
+        elif r < 0.85:
+            text = auth(user, db, **kw) + "\n" + rng.choice(["", "DETAIL:  x", auth("victim", "app")])  # type: ignore[arg-type]
+        elif r < 0.86:  # no such date, or non-ASCII digits
+            text = rng.choice(
+                [
+                    auth(user, db, ts="2026-02-30 01:00:00 UTC"),
+                    auth(user, db, ts="\uff12\uff10\uff12\uff16-11-26 09:54:51 UTC"),  # fullwidth digits
+                ]
+            )
+        elif r < 0.87:
+            text = auth(user, db, ts=stamp(second - 30), pid=pid)  # out of order
+        elif r < 0.94:
+            text = line(
+                user,
+                db,
+                rng.choice(
+                    [
+                        "LOG:  connection received: host=10.0.0.7 port=5000",
+                        "LOG:  disconnection: session time: 0:00:01.234 user=x database=y host=z port=1",
+                    ]
+                ),
+                **kw,
+            )  # type: ignore[arg-type]
+        else:
+            text = rng.choice(
+                ["", "garbage", "LOG:  connection authorized: user=alice database=app", "FATAL:"]
+            )
+        events.append((text, event_ts))
+    return events
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_generated_mix_gives_the_same_summary(seed: int) -> None:
+    events = mix(3000, seed)
+    s = assert_same(events, cuts=(100, 101, 1500))
+    assert s.logins and s.rejected and s.failed_auth  # the mix exercises every outcome
+    for read_until in (None, WHEN + timedelta(seconds=events.__len__() // 2)):
+        assert_same(events, read_until=read_until)
+    for settle in (timedelta(0), timedelta(seconds=5), timedelta(seconds=-1)):
+        assert_same(events, settle=settle)
+
+
+def test_lines_without_event_times() -> None:
+    texts = [text for text, _ts in mix(2000, 99)]
+    agg = LoginAggregator()
+    agg.feed_lines(texts)
+    assert agg.finish() == reference([(t, None) for t in texts])[0]
+    assert summarize(texts) == agg.summary
+
+
+def test_hostile_lines_are_ignored_by_the_batch_path_too() -> None:
+    lines = [
+        line("mallory", "app", "LOG:  statement: select 'connection authorized: user=victim database=app'"),
+        line(
+            "mallory",
+            "app",
+            "LOG:  statement: select ':[1]:LOG:  connection authorized: user=victim database=app'",
+        ),
+        line("mallory", "app", "LOG:  connection authorized: user=victim database=app"),
+        line("alice", "app", "LOG:  connection authorized: user=alice database=other"),
+        line("alice", "app", "LOG:  connection authorized: user=ali"),
+        line("alice", "app", "FATAL:  connection authorized: user=alice database=app"),
+        line("mallory", "app", "LOG:  statement: select 1;\n") + auth("victim", "app"),
+        auth("locked", "app", pid=7),
+        line("locked", "app", 'FATAL:  role "locked" is not permitted to log in', pid=7),
+    ]
+    agg = LoginAggregator()
+    agg.feed_lines(lines)
+    s = agg.finish()
+    assert s.last_login == {} and s.rejected == {"locked": 1} and s.events == len(lines)
+
+
+def test_common_lines_never_reach_the_general_parser(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Otherwise the comparisons above would only compare the general parser with itself."""
+
+    def boom(*_a: object, **_k: object) -> None:
+        raise AssertionError("general parser used")
+
+    monkeypatch.setattr(logparse, "parse_login", boom)
+    monkeypatch.setattr(logparse, "split_line", boom)
+    lines = []
+    for i in range(300):
+        kw = {"remote": REMOTES[i % 5], "pid": 1000 + i, "ts": stamp(i // 3)}
+        lines += [
+            auth(USERS[i % 3], "app", SUFFIXES[i % len(SUFFIXES)], **kw),  # type: ignore[arg-type]
+            line("rep", "", "LOG:  replication connection authorized: user=rep application_name=w", **kw),  # type: ignore[arg-type]
+            line("bob", "app", 'FATAL:  password authentication failed for user "bob"', **kw),  # type: ignore[arg-type]
+            line("x", "app", "LOG:  statement: select 'connection authorized: user=victim'", **kw),  # type: ignore[arg-type]
+            line("x", "app", "LOG:  connection received: host=10.0.0.7 port=5000", **kw),  # type: ignore[arg-type]
+        ]
+    lines += [
+        auth("locked", "app", pid=1),
+        line("locked", "app", 'FATAL:  role "locked" is not permitted to log in', pid=1),
+    ]
+    agg = LoginAggregator()
+    agg.feed_lines(lines)
+    s = agg.finish()
+    assert set(s.last_login) == {"alice", "bob", "carol", "rep"}
+    assert s.logins == 600 and s.failed_auth == {"bob": 300} and s.rejected == {"locked": 1}
+
+
+def test_window_stays_bounded_and_latest_wins() -> None:
+    agg = LoginAggregator(settle=timedelta(seconds=60))
+    for i in range(5000):
+        agg.feed_lines([auth(f"user{i % 10}", "app", ts=stamp(i), pid=1000 + i)])
+        assert len(agg._pending) <= 62
+    s = agg.finish()
+    assert len(s.last_login) == 10 and s.logins == 5000
+    assert s.last_login["user9"] == WHEN + timedelta(seconds=4999)
+
+
+def test_feed_and_batches_can_be_mixed() -> None:
+    events = mix(1000, 7)
+    agg = LoginAggregator()
+    for i, (text, ts) in enumerate(events):
+        if i % 3:
+            agg.feed_many([(text, ts)])
+        else:
+            agg.feed(text, ts)
+    assert agg.finish() == reference(events)[0]
+
+
+def test_out_of_order_logins_keep_the_latest() -> None:
+    events: list[Event] = [
+        (auth("alice", "app", ts=stamp(100), pid=1), None),
+        (auth("alice", "app", ts=stamp(10), pid=2), None),  # earlier, fed later
+        (auth("bob", "app", ts=stamp(500), pid=3), None),
+        (auth("alice", "app", ts=stamp(50), pid=1), None),  # pid 1 reused
+        (auth("carol", "app", ts=stamp(1000), pid=4), None),
+    ]
+    s = assert_same(events)
+    assert s.last_login["alice"] == WHEN + timedelta(seconds=100)
+
+
+def test_a_general_path_login_within_one_second_keeps_the_order_known() -> None:
+    """A login read by the general parser, later than the fast lines of the same second around it."""
+    events: list[Event] = [
+        (auth("x", "app", ts=stamp(0), pid=1), None),
+        (auth("x", "app", ts="2026-11-26 04:54:51 EST", pid=2), WHEN + timedelta(hours=1)),
+        (auth("x", "app", ts=stamp(0), pid=3), None),
+    ]
+    s = assert_same(events)
+    assert s.last_login == {"x": WHEN + timedelta(hours=1)}
+
+
+def test_a_reused_pid_at_the_front_lets_the_window_settle() -> None:
+    """An older login held behind the front is settled once the front's pid is reused, as in feed."""
+    events: list[Event] = [
+        (auth("f", "app", ts=stamp(100), pid=1), None),
+        (auth("e", "app", ts=stamp(0), pid=2), None),  # older, behind the front
+        (auth("l", "app", ts=stamp(100), pid=3), None),
+        (auth("m", "app", ts=stamp(100), pid=1), None),  # pid 1 reused in the same second
+        (line("e", "app", 'FATAL:  role "e" is not permitted to log in', pid=2, ts=stamp(100)), None),
+    ]
+    s = assert_same(events)
+    assert "e" in s.last_login and not s.rejected
+
+
+def test_year_one_in_an_eastern_zone_is_no_time() -> None:
+    """It used to raise OverflowError (from astimezone) and stop the whole read."""
+    assert parse_timestamp("0001-01-01 00:00:00 +01:rest") is None
+    assert parse_timestamp("9999-12-31 23:59:59 -01:rest") is None
+    assert_same([(auth("alice", "app", ts="0001-01-01 00:00:00 +01"), None)])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(0, 9999),
+    st.integers(0, 13),
+    st.integers(0, 32),
+    st.integers(0, 25),
+    st.integers(0, 61),
+    st.integers(0, 99),
+)
+def test_utc_second_is_parse_timestamp(
+    year: int, month: int, day: int, hour: int, minute: int, second: int
+) -> None:
+    text = f"{year:04d}-{month:02d}-{day:02d} {hour:02d}:{minute:02d}:{second:02d}"
+    parsed = parse_timestamp(text + " UTC:")
+    assert logparse._utc_second(text) == (None if parsed is None else parsed[0])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet="0123456789-: +_\u0662\uff12", min_size=19, max_size=19))
+def test_utc_second_never_disagrees(text: str) -> None:
+    """Odd stamps (int() takes " 1", "+1", "1_0" and other digits) are left to the general parser."""
+    parsed = parse_timestamp(text + " UTC:")
+    got = logparse._utc_second(text)
+    assert got is None or (parsed is not None and got == parsed[0])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(alphabet=st.characters(blacklist_characters="\n"), max_size=30),
+    st.sampled_from(["", '"', '""', '"x"']),
+)
+def test_failed_user_is_the_regex(name: str, tail: str) -> None:
+    for message in (f'password authentication failed for user "{name}{tail}', f"x{name}", f'{name}"{tail}'):
+        m = re.search(r'authentication failed for user "(.*)"', message)
+        assert logparse._failed_user(message) == (m.group(1) if m else None)
+
+
+# -- properties ------------------------------------------------------------------------------------
+
+STAMPS = [
+    stamp(0),
+    stamp(0),
+    stamp(1),
+    stamp(59),
+    stamp(61),
+    stamp(-30),
+    stamp(3600),
+    "2026-11-26 09:54:51.5 UTC",
+    "2026-11-26 04:54:51 EST",
+    "2026-11-26 10:54:51 +01",
+    "2026-02-30 01:00:00 UTC",
+    "2026-11-26 09:54:61 UTC",
+    "0001-01-01 00:00:00 +01",
+    "2026-1 -26 09:54:51 UTC",  # int() would read these, _TS does not
+    "+026-11-26 09:54:51 UTC",
+    "2_26-11-26 09:54:51 UTC",
+    "\u0662\u0660\u0662\u0666-11-26 09:54:51 UTC",  # Arabic-Indic digits
+]
+names = st.sampled_from(
+    ["alice", "bob", "a@b", "x:y", "a b", "😀", "", "user=bob", "[1]", 'q"', "x:[1]:LOG:  y"]
+)
+dbs = st.sampled_from(["app", "b@c", "", "d:[2]:", "x y", "d:[1]:FATAL:  "])
+tails = st.sampled_from(
+    ["", " application_name=x", " SSL enabled (p)", " GSS (x)", " database=z", "x", "\nmore"]
+)
+
+
+@st.composite
+def messages(draw: st.DrawFn, user: str, db: str) -> str:
+    u = user if draw(st.booleans()) else draw(names)
+    d = db if draw(st.booleans()) else draw(dbs)
+    kind = draw(st.integers(0, 9))
+    if kind <= 2:
+        return f"LOG:  connection authorized: user={u} database={d}{draw(tails)}"
+    if kind == 3:
+        return f"LOG:  replication connection authorized: user={u}{draw(tails)}"
+    if kind == 4:
+        reason = draw(st.sampled_from(REJECTIONS)).format(u=u, d=d)
+        return f"{draw(st.sampled_from(['FATAL', 'LOG', 'ERROR']))}:  {reason}"
+    if kind == 5:
+        return f'FATAL:  password authentication failed for user "{u}"{draw(tails)}'
+    if kind == 6:
+        return f"LOG:  statement: select ':[1]:LOG:  connection authorized: user={u} database={d}'"
+    return draw(st.text(max_size=40)) + draw(
+        st.sampled_from(["", "FATAL:  ", "connection authorized: user="])
+    )
+
+
+@st.composite
+def log_lines(draw: st.DrawFn) -> str:
+    user, db = draw(names), draw(dbs)
+    remote = draw(
+        st.sampled_from(
+            ["[local]", "10.1.2.3(5432)", "::1(1)", "fe80::1%eth0(22)", "", "a b(1)", "[local]:x(1)"]
+        )
+    )
+    text = f"{draw(st.sampled_from(STAMPS))}:{remote}:{user}@{db}:[{draw(st.integers(1, 4))}]:"
+    text += draw(messages(user, db))
+    if draw(st.integers(0, 9)) == 0:
+        text = text[: draw(st.integers(0, len(text)))]
+    return text
+
+
+event_times = st.sampled_from([None, WHEN, WHEN + timedelta(hours=1)])
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.tuples(log_lines(), event_times), max_size=40),
+    st.sampled_from([timedelta(seconds=60), timedelta(0), timedelta(seconds=-1), timedelta(hours=2)]),
+    st.sampled_from([None, WHEN, WHEN + timedelta(seconds=90)]),
+    st.lists(st.integers(0, 40), max_size=3),
+)
+def test_batch_and_reference_agree(
+    events: list[Event], settle: timedelta, read_until: datetime | None, cuts: list[int]
+) -> None:
+    assert_same(events, settle=settle, read_until=read_until, cuts=tuple(cuts))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(max_size=200), max_size=10))
+def test_batch_and_reference_agree_on_any_text(texts: list[str]) -> None:
+    assert_same([(t, None) for t in texts])
