@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,33 +109,29 @@ def _subject(text: str) -> str:
 def send(alert: Alert, cfg: AlertConfig, *, aws_conn_id: str | None, region_name: str | None) -> list[str]:
     """Send through every configured notifier; returns where it went. One notifier failing is logged
     and the others still run; if all configured notifiers fail, the last error is raised."""
+    notifiers: list[tuple[str, Callable[[], None]]] = []
+    if cfg.sns_topic_arn:
+        arn = cfg.sns_topic_arn
+        notifiers.append((f"sns:{arn}", lambda: _send_sns(alert, arn, aws_conn_id, region_name)))
+    if cfg.slack_conn_id:
+        conn_id = cfg.slack_conn_id
+        notifiers.append((f"slack:{conn_id}", lambda: _send_slack(alert, conn_id)))
+    if cfg.email:
+        notifiers.append(("email:" + ",".join(cfg.email), lambda: _send_email(alert, cfg.email)))
+    if not notifiers:
+        log.warning("no notifier configured (alert.sns_topic_arn / slack_conn_id / email); alert only logged")
     sent: list[str] = []
     errors: list[Exception] = []
-    if cfg.sns_topic_arn:
+    for target, deliver in notifiers:
         try:
-            _send_sns(alert, cfg.sns_topic_arn, aws_conn_id, region_name)
-            sent.append(f"sns:{cfg.sns_topic_arn}")
+            deliver()
         except Exception as exc:
-            log.error("SNS alert to %s failed: %s", cfg.sns_topic_arn, scrub(str(exc)))
+            log.error("alert to %s failed: %s", target, scrub(str(exc)))
             errors.append(exc)
-    if cfg.slack_conn_id:
-        try:
-            _send_slack(alert, cfg.slack_conn_id)
-            sent.append(f"slack:{cfg.slack_conn_id}")
-        except Exception as exc:
-            log.error("Slack alert through %s failed: %s", cfg.slack_conn_id, scrub(str(exc)))
-            errors.append(exc)
-    if cfg.email:
-        try:
-            _send_email(alert, cfg.email)
-            sent.append("email:" + ",".join(cfg.email))
-        except Exception as exc:
-            log.error("e-mail alert to %s failed: %s", ", ".join(cfg.email), scrub(str(exc)))
-            errors.append(exc)
+        else:
+            sent.append(target)
     if errors and not sent:
         raise errors[-1]
-    if not cfg.any:
-        log.warning("no notifier configured (alert.sns_topic_arn / slack_conn_id / email); alert only logged")
     return sent
 
 
