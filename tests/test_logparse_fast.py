@@ -62,13 +62,15 @@ def assert_same(
 
 
 def line(
-    user: str, db: str, message: str, *, remote: str = "10.0.0.7(5000)", pid: int = 42, ts: str = ""
+    user: str, db: str, message: str, remote: str = "10.0.0.7(5000)", pid: int = 42, ts: str = ""
 ) -> str:
     return f"{ts or stamp(0)}:{remote}:{user}@{db}:[{pid}]:{message}"
 
 
-def auth(user: str, db: str, suffix: str = "", **kw: object) -> str:
-    return line(user, db, f"LOG:  connection authorized: user={user} database={db}{suffix}", **kw)  # type: ignore[arg-type]
+def auth(
+    user: str, db: str, suffix: str = "", remote: str = "10.0.0.7(5000)", pid: int = 42, ts: str = ""
+) -> str:
+    return line(user, db, f"LOG:  connection authorized: user={user} database={db}{suffix}", remote, pid, ts)
 
 
 def stamp(seconds: int) -> str:
@@ -128,79 +130,73 @@ def mix(n: int, seed: int) -> list[Event]:
     second = 0
     for _ in range(n):
         second += rng.choice([0, 0, 0, 1, 1, 7, 61])
-        ts = stamp(second)
-        event_ts = WHEN + timedelta(seconds=second)
+        when = WHEN + timedelta(seconds=second)
         user = rng.choice(USERS[:3]) if rng.random() < 0.7 else rng.choice(USERS)
         db = rng.choice(DATABASES[:2]) if rng.random() < 0.7 else rng.choice(DATABASES)
-        pid = rng.randrange(1, 40)
-        kw = {"remote": rng.choice(REMOTES), "pid": pid, "ts": ts}
+        remote, pid, ts = rng.choice(REMOTES), rng.randrange(1, 40), stamp(second)
+
+        def said(
+            message: str, user: str = user, db: str = db, remote: str = remote, pid: int = pid, ts: str = ts
+        ) -> str:
+            return line(user, db, message, remote, pid, ts)
+
         r = rng.random()
         if r < 0.40:
-            text = auth(user, db, rng.choice(SUFFIXES + NOT_SUFFIXES), **kw)  # type: ignore[arg-type]
+            text = said(
+                f"LOG:  connection authorized: user={user} database={db}{rng.choice(SUFFIXES + NOT_SUFFIXES)}"
+            )
         elif r < 0.45:
-            text = line(
-                user,
-                "",
-                f"LOG:  replication connection authorized: user={user}{rng.choice(SUFFIXES + NOT_SUFFIXES)}",
-                **kw,
-            )  # type: ignore[arg-type]
+            tail = rng.choice(SUFFIXES + NOT_SUFFIXES)
+            text = said(f"LOG:  replication connection authorized: user={user}{tail}", db="")
         elif r < 0.55:  # authorized, then (maybe) rejected by the same backend
-            events.append((auth(user, db, **kw), event_ts))  # type: ignore[arg-type]
+            events.append((said(f"LOG:  connection authorized: user={user} database={db}"), when))
             reason = rng.choice(REJECTIONS).format(u=user, d=db)
-            text = line(user if rng.random() < 0.9 else "bob", db, f"FATAL:  {reason}", **kw)  # type: ignore[arg-type]
+            text = said(f"FATAL:  {reason}", user=user if rng.random() < 0.9 else "bob")
         elif r < 0.62:
-            text = line(user, db, f'FATAL:  password authentication failed for user "{user}"', **kw)  # type: ignore[arg-type]
+            text = said(f'FATAL:  password authentication failed for user "{user}"')
         elif r < 0.67:  # a statement quoting the phrase, the victim's name in it
-            text = line(
-                user, db, f"LOG:  statement: select 'connection authorized: user=victim database={db}'", **kw
-            )  # type: ignore[arg-type]
+            text = said(f"LOG:  statement: select 'connection authorized: user=victim database={db}'")
         elif r < 0.70:  # the same, forging the whole prefix
-            text = line(
-                user,
-                db,
-                f"LOG:  statement: select ':[1]:LOG:  connection authorized: user=victim database={db}'",
-                **kw,
-            )  # type: ignore[arg-type]
+            text = said(
+                f"LOG:  statement: select ':[1]:LOG:  connection authorized: user=victim database={db}'"
+            )
         elif r < 0.74:  # the prefix's user and the message's disagree
-            text = line(user, db, f"LOG:  connection authorized: user=victim database={db}", **kw)  # type: ignore[arg-type]
+            text = said(f"LOG:  connection authorized: user=victim database={db}")
         elif r < 0.77:  # truncated
-            full = auth(user, db, rng.choice(SUFFIXES), **kw)  # type: ignore[arg-type]
+            full = said(f"LOG:  connection authorized: user={user} database={db}{rng.choice(SUFFIXES)}")
             text = full[: rng.randrange(len(full))]
         elif r < 0.80:  # a zone abbreviation that cannot be resolved: the event time is used
-            text = auth(user, db, ts=(WHEN + timedelta(seconds=second)).strftime("%Y-%m-%d %H:%M:%S EST"))
+            text = auth(user, db, ts=when.strftime("%Y-%m-%d %H:%M:%S EST"))
         elif r < 0.82:  # milliseconds, or a numeric zone
-            zone = rng.choice([".123 UTC", " +01", " -05:30"])
-            text = auth(user, db, ts=(WHEN + timedelta(seconds=second)).strftime("%Y-%m-%d %H:%M:%S") + zone)
-        elif r < 0.84:  # a multi-line event: only its first line counts
-            text = line(user, db, "LOG:  statement: select 1;\n", **kw) + auth("victim", "app", **kw)  # type: ignore[arg-type]
-        elif r < 0.85:
-            text = auth(user, db, **kw) + "\n" + rng.choice(["", "DETAIL:  x", auth("victim", "app")])  # type: ignore[arg-type]
-        elif r < 0.86:  # no such date, or non-ASCII digits
-            text = rng.choice(
-                [
-                    auth(user, db, ts="2026-02-30 01:00:00 UTC"),
-                    auth(user, db, ts="\uff12\uff10\uff12\uff16-11-26 09:54:51 UTC"),  # fullwidth digits
-                ]
+            text = auth(
+                user, db, ts=when.strftime("%Y-%m-%d %H:%M:%S") + rng.choice([".123 UTC", " +01", " -05:30"])
             )
-        elif r < 0.87:
-            text = auth(user, db, ts=stamp(second - 30), pid=pid)  # out of order
-        elif r < 0.94:
-            text = line(
+        elif r < 0.84:  # a multi-line event: only its first line counts
+            text = said("LOG:  statement: select 1;\n") + auth("victim", "app", ts=ts)
+        elif r < 0.85:
+            text = auth(user, db, ts=ts) + "\n" + rng.choice(["", "DETAIL:  x", auth("victim", "app")])
+        elif r < 0.86:  # no such date, or non-ASCII digits
+            text = auth(
                 user,
                 db,
+                ts=rng.choice(["2026-02-30 01:00:00 UTC", "\uff12\uff10\uff12\uff16-11-26 09:54:51 UTC"]),
+            )
+        elif r < 0.87:
+            text = auth(user, db, pid=pid, ts=stamp(second - 30))  # out of order
+        elif r < 0.94:
+            text = said(
                 rng.choice(
                     [
                         "LOG:  connection received: host=10.0.0.7 port=5000",
                         "LOG:  disconnection: session time: 0:00:01.234 user=x database=y host=z port=1",
                     ]
-                ),
-                **kw,
-            )  # type: ignore[arg-type]
+                )
+            )
         else:
             text = rng.choice(
                 ["", "garbage", "LOG:  connection authorized: user=alice database=app", "FATAL:"]
             )
-        events.append((text, event_ts))
+        events.append((text, when))
     return events
 
 
@@ -209,7 +205,7 @@ def test_generated_mix_gives_the_same_summary(seed: int) -> None:
     events = mix(3000, seed)
     s = assert_same(events, cuts=(100, 101, 1500))
     assert s.logins and s.rejected and s.failed_auth  # the mix exercises every outcome
-    for read_until in (None, WHEN + timedelta(seconds=events.__len__() // 2)):
+    for read_until in (None, WHEN + timedelta(seconds=len(events) // 2)):
         assert_same(events, read_until=read_until)
     for settle in (timedelta(0), timedelta(seconds=5), timedelta(seconds=-1)):
         assert_same(events, settle=settle)
@@ -255,13 +251,20 @@ def test_common_lines_never_reach_the_general_parser(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(logparse, "split_line", boom)
     lines = []
     for i in range(300):
-        kw = {"remote": REMOTES[i % 5], "pid": 1000 + i, "ts": stamp(i // 3)}
+        remote, pid, ts = REMOTES[i % 5], 1000 + i, stamp(i // 3)
         lines += [
-            auth(USERS[i % 3], "app", SUFFIXES[i % len(SUFFIXES)], **kw),  # type: ignore[arg-type]
-            line("rep", "", "LOG:  replication connection authorized: user=rep application_name=w", **kw),  # type: ignore[arg-type]
-            line("bob", "app", 'FATAL:  password authentication failed for user "bob"', **kw),  # type: ignore[arg-type]
-            line("x", "app", "LOG:  statement: select 'connection authorized: user=victim'", **kw),  # type: ignore[arg-type]
-            line("x", "app", "LOG:  connection received: host=10.0.0.7 port=5000", **kw),  # type: ignore[arg-type]
+            auth(USERS[i % 3], "app", SUFFIXES[i % len(SUFFIXES)], remote, pid, ts),
+            line(
+                "rep",
+                "",
+                "LOG:  replication connection authorized: user=rep application_name=w",
+                remote,
+                pid,
+                ts,
+            ),
+            line("bob", "app", 'FATAL:  password authentication failed for user "bob"', remote, pid, ts),
+            line("x", "app", "LOG:  statement: select 'connection authorized: user=victim'", remote, pid, ts),
+            line("x", "app", "LOG:  connection received: host=10.0.0.7 port=5000", remote, pid, ts),
         ]
     lines += [
         auth("locked", "app", pid=1),
@@ -329,6 +332,54 @@ def test_a_reused_pid_at_the_front_lets_the_window_settle() -> None:
     ]
     s = assert_same(events)
     assert "e" in s.last_login and not s.rejected
+
+
+def test_a_rejected_front_lets_the_window_settle() -> None:
+    """The same after the front's login is rejected: what it held back is settled, as in feed."""
+    events: list[Event] = [
+        (auth("f", "app", ts=stamp(100), pid=1), None),
+        (auth("e", "app", ts=stamp(0), pid=2), None),  # older, behind the front
+        (auth("l", "app", ts=stamp(100), pid=3), None),
+        (line("f", "app", 'FATAL:  role "f" is not permitted to log in', pid=1, ts=stamp(100)), None),
+        (auth("m", "app", ts=stamp(100), pid=4), None),  # same second: the window must be settled
+        (line("e", "app", 'FATAL:  role "e" is not permitted to log in', pid=2, ts=stamp(100)), None),
+    ]
+    s = assert_same(events)
+    assert "e" in s.last_login and s.rejected == {"f": 1}
+
+
+# The window's bookkeeping is shared by both paths, so these pin it down against fixed answers.
+
+
+@pytest.mark.parametrize("feed", ["reference", "batch"])
+def test_a_later_login_accepted_first_is_kept(feed: str) -> None:
+    """A reused pid accepts a later login before an earlier one of the same user is settled."""
+    events: list[Event] = [
+        (auth("u", "app", ts=stamp(0), pid=1), None),
+        (auth("u", "app", ts=stamp(10), pid=2), None),
+        (auth("v", "app", ts=stamp(20), pid=2), None),  # pid 2 reused: u's login at 10 s accepted
+        (auth("w", "app", ts=stamp(200), pid=3), None),  # settles u's login at 0 s
+    ]
+    s = (reference if feed == "reference" else batched)(events)[0]
+    assert s.last_login["u"] == WHEN + timedelta(seconds=10)
+
+
+@pytest.mark.parametrize("feed", ["reference", "batch"])
+def test_window_edges(feed: str) -> None:
+    """A login exactly ``settle`` old is still pending; at ``read_until - settle`` it is settled."""
+    run = reference if feed == "reference" else batched
+    events: list[Event] = [
+        (auth("locked", "app", ts=stamp(0), pid=1), None),
+        (auth("other", "app", ts=stamp(60), pid=2), None),  # exactly 60 s later: not yet settled
+        (
+            line("locked", "app", 'FATAL:  role "locked" is not permitted to log in', pid=1, ts=stamp(60)),
+            None,
+        ),
+    ]
+    s = run(events)[0]
+    assert s.rejected == {"locked": 1} and "locked" not in s.last_login
+    s = run([(auth("alice", "app"), None)], read_until=WHEN + timedelta(seconds=60))[0]
+    assert s.last_login == {"alice": WHEN} and s.unsettled == 0
 
 
 def test_year_one_in_an_eastern_zone_is_no_time() -> None:

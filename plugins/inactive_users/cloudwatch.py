@@ -85,8 +85,7 @@ class CloudWatchLogins:
         fatals = self._events(instance, start, end, FILTER_FATAL)
         merged = heapq.merge(logins, fatals, key=lambda e: (e[0], e[1]))
         agg = LoginAggregator(settle)
-        for ts_ms, _kind, message in merged:
-            agg.feed(message, from_ms(ts_ms))
+        agg.feed_many((message, from_ms(ts_ms)) for ts_ms, _kind, message in merged)
         return agg.finish(end)
 
     def _events(

@@ -391,7 +391,7 @@ class LoginAggregator:
                     moved = not pending
             elif phrase:
                 if self._unusual_login(text, event_ts):
-                    moved = True  # and last_event may have moved: note the next time
+                    moved, settled_for = True, None  # and last_event may have moved: note the next time
             elif _MARK_FATAL in text and self._fast_fatal(text, event_ts):
                 moved = True
 
