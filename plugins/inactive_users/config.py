@@ -273,6 +273,10 @@ def run_options(cluster: ClusterConfig, conf: Mapping[str, Any] | None) -> RunOp
     unknown = sorted(set(conf) - set(RUN_PARAMS))
     if unknown:
         raise ConfigError(f"unknown trigger parameter(s) {unknown}; accepted: {', '.join(RUN_PARAMS)}")
+    if conf.get("dry_run") is None:
+        conf.pop("dry_run", None)  # an empty form field means: as configured
+    elif not isinstance(conf["dry_run"], bool):
+        raise ConfigError(f"trigger parameter dry_run must be true or false, got {conf['dry_run']!r}")
     base = cluster.settings
     sources = {k: "config" for k in ("dry_run", "lock_after_days", "delete_after_days", "exclude_users")}
     changes: dict[str, Any] = {}
@@ -280,8 +284,6 @@ def run_options(cluster: ClusterConfig, conf: Mapping[str, Any] | None) -> RunOp
         if key in conf and conf[key] != getattr(base, key):
             changes[key] = conf[key]
             sources[key] = "trigger conf"
-    if key_set(conf, "dry_run") and not isinstance(conf["dry_run"], bool):
-        raise ConfigError(f"trigger parameter dry_run must be true or false, got {conf['dry_run']!r}")
     extra_excludes = _str_list(conf, "exclude_users")
     if set(extra_excludes) - set(base.exclude_users):
         changes["exclude_users"] = tuple(dict.fromkeys([*base.exclude_users, *extra_excludes]))
@@ -297,10 +299,6 @@ def run_options(cluster: ClusterConfig, conf: Mapping[str, Any] | None) -> RunOp
     if as_of is not None:
         sources["as_of"] = "trigger conf"
     return RunOptions(settings, unlock, as_of, sources)
-
-
-def key_set(conf: Mapping[str, Any], key: str) -> bool:
-    return conf.get(key) is not None
 
 
 def _str_list(conf: Mapping[str, Any], key: str) -> list[str]:
