@@ -224,3 +224,16 @@ def test_bad_trigger_conf_is_named(tmp_path: Path, conf: dict[str, Any], message
     with pytest.raises(ConfigError) as err:
         run_options(cluster, conf)
     assert message in str(err.value)
+
+
+def test_run_options_report_each_effective_value(tmp_path: Path) -> None:
+    cluster = one(tmp_path).clusters[0]
+    opts = run_options(cluster, {"dry_run": True, "unlock_users": ["x"], "as_of": "2027-01-01T00:00:00Z"})
+    assert {k: opts.value(k) for k in opts.sources} == {
+        "dry_run": True,
+        "lock_after_days": 90,
+        "delete_after_days": 180,
+        "exclude_users": (),
+        "unlock_users": ["x"],
+        "as_of": "2027-01-01T00:00:00+00:00",
+    }

@@ -262,6 +262,14 @@ class RunOptions:
     as_of: datetime | None
     sources: dict[str, str]  # value provenance, for the task log
 
+    def value(self, key: str) -> object:
+        """The effective value of a run parameter, as the task log shows it."""
+        if key == "unlock_users":
+            return list(self.unlock_users)
+        if key == "as_of":
+            return self.as_of.isoformat() if self.as_of else None
+        return getattr(self.settings, key)
+
 
 def run_options(cluster: ClusterConfig, conf: Mapping[str, Any] | None) -> RunOptions:
     """The settings of one run: the cluster's config, overridden by the trigger's conf for this run only.

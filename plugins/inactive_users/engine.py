@@ -102,10 +102,8 @@ class Engine:
 
         from inactive_users.cloudwatch import CloudWatchLogins
 
-        def connect() -> psycopg.Connection:
-            conn = cast(psycopg.Connection, PostgresHook(postgres_conn_id=postgres_conn_id).get_conn())
-            conn.autocommit = True
-            return conn
+        def connect() -> psycopg.Connection:  # Engine.connection() makes it autocommit
+            return cast(psycopg.Connection, PostgresHook(postgres_conn_id=postgres_conn_id).get_conn())
 
         logs = None
         if cluster_id is not None:

@@ -103,12 +103,7 @@ def preflight(cluster: ClusterConfig, context: Mapping[str, Any]) -> dict[str, A
     with permanent_errors():
         opts = options(cluster, context)
         for key, source in sorted(opts.sources.items()):
-            value = getattr(opts.settings, key, None) if key not in ("unlock_users", "as_of") else None
-            if key == "unlock_users":
-                value = list(opts.unlock_users)
-            elif key == "as_of":
-                value = opts.as_of.isoformat() if opts.as_of else None
-            log.info("setting %s = %r (from %s)", key, value, source)
+            log.info("setting %s = %r (from %s)", key, opts.value(key), source)
         if cluster.instances is not None:
             instances, master_user = list(cluster.instances), cluster.master_user
             log.info("instances from config (no DescribeDBClusters): %s", instances)
