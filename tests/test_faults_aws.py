@@ -207,7 +207,9 @@ def test_persistent_faults_fail_loudly_and_change_nothing(scenario: Scenario) ->
     with FaultProxy(sc.moto.endpoint_url, fault_rate=0.0, seed=0) as proxy:
         use_proxy(sc, proxy)
         ingest_like_airflow(sc, instances, tries=1)
-    # New events after the first watermark, on both instances.
+    # New events after the first watermark, on both instances, in a later second than any event
+    # already recorded (log lines carry whole seconds).
+    time.sleep(1.1)
     assert sc.login("fay")
     sc.ship(sc.writer)
     assert sc.login("gus")
@@ -226,9 +228,8 @@ def test_persistent_faults_fail_loudly_and_change_nothing(scenario: Scenario) ->
         assert code in ("503", "ThrottlingException")
         assert f"({code})" in str(caught.value)
         assert "FilterLogEvents" in str(caught.value)
-        # The retry policy is in force: the first page was tried (at least) 8 times, then the engine
-        # gave up without reading further.  cloudwatch.py's Config(retries={"max_attempts": 8})
-        # means 8 *retries* to botocore, so 9 attempts.
+        # The retry policy is in force: the first page was tried 8 times (cloudwatch.py's
+        # total_max_attempts), then the engine gave up without reading further.
         assert stats["requests"] >= 8 and stats.get("forwarded", 0) == 0
         assert f"reached max retries: {stats['requests'] - 1})" in str(caught.value)
         assert sc.snapshot() == before  # no login applied, no watermark moved, no history
