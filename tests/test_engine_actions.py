@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import psycopg
 import pytest
 
@@ -207,6 +210,110 @@ def test_one_role_failing_does_not_stop_the_others(scenario: Scenario) -> None:
     assert sc.statuses()["b_super"]["status"] == "Active"
     assert sc.role("b_super")["can_login"] is True  # type: ignore[index]
     assert [h[1] for h in sc.history("lock_failed")] == ["b_super"]
+
+
+def test_one_role_failing_does_not_stop_the_others_in_unlock_and_delete(scenario: Scenario) -> None:
+    sc = scenario
+    sc.create_role("job", "LOGIN CREATEROLE")
+    with psycopg.connect(sc.pg.dsn(user="job", password=ROLE_PASSWORD), autocommit=True) as job:
+        for name in ("a_user", "c_user", "e_owner"):  # created by the job user: it administers them
+            sc.create_role(name, via=job)
+    sc.create_role("b_super", "LOGIN SUPERUSER")
+    sc.create_role("d_super", "LOGIN SUPERUSER")
+    for table, owner in (("owned_d", "d_super"), ("owned_e", "e_owner")):
+        sc.sql(f"CREATE TABLE {table} (id int)")
+        sc.sql(f"ALTER TABLE {table} OWNER TO {owner}")
+    prepared(sc, {"a_user": 100, "b_super": 100, "c_user": 100}, include_superusers=True)
+    assert sc.engine(include_superusers=True).run([sc.writer]).lock.names("locked") == [
+        "a_user",
+        "b_super",
+        "c_user",
+    ]
+
+    for grant in (
+        "GRANT USAGE ON SCHEMA inactive_users TO job",
+        "GRANT ALL ON ALL TABLES IN SCHEMA inactive_users TO job",
+        "GRANT ALL ON ALL SEQUENCES IN SCHEMA inactive_users TO job",
+    ):
+        sc.sql(grant)
+    sc.use_job_user("job", ROLE_PASSWORD)  # from now on the job user may not alter or drop a superuser
+    eng = sc.engine(include_superusers=True)
+    unlocked = eng.unlock(["a_user", "b_super", "c_user"])
+    assert unlocked.names("unlocked") == ["a_user", "c_user"]
+    assert [(o.name, o.reason[:5]) for o in unlocked.failures] == [("b_super", "42501")]
+    assert sc.role("b_super")["can_login"] is False  # type: ignore[index]
+    assert sc.statuses()["b_super"]["status"] == "Locked"
+    assert sc.role("a_user")["can_login"] is True  # type: ignore[index]
+    assert [h[1] for h in sc.history("unlock_failed")] == ["b_super"]
+
+    for name in ("a_user", "b_super", "c_user", "d_super", "e_owner"):
+        sc.set_last_login(name, 200)
+    report = eng.delete(eng.plan())
+    assert [(o.name, o.action) for o in report.outcomes] == [
+        ("a_user", "dropped"),
+        ("b_super", "failed"),  # cannot be dropped by the job user
+        ("c_user", "dropped"),
+        ("d_super", "failed"),  # blocked, and cannot be locked by the job user
+        ("e_owner", "ready_to_delete"),
+    ]
+    assert all(o.reason.startswith("42501: ") for o in report.failures)
+    assert report.by_action("failed")[1].blockers == "owns 1 object (pg_class) in database postgres"
+    assert sc.role("a_user") is None and sc.role("c_user") is None
+    statuses = sc.statuses()
+    assert {n: s["status"] for n, s in statuses.items() if n != "job"} == {
+        "b_super": "Locked",
+        "d_super": "Active",
+        "e_owner": "ReadyToDelete",
+    }
+    assert sc.role("d_super")["can_login"] is True  # type: ignore[index]
+    assert sc.role("e_owner")["can_login"] is False  # type: ignore[index]
+    assert (statuses["e_owner"]["prior_can_login"], statuses["e_owner"]["prior_conn_limit"]) == (True, -1)
+    delete_history = [
+        h[:2] for h in sc.history() if h[0] in ("drop", "drop_failed", "flag_failed", "ready_to_delete")
+    ]
+    assert delete_history == [
+        ("drop", "a_user"),
+        ("drop_failed", "b_super"),
+        ("drop", "c_user"),
+        ("flag_failed", "d_super"),
+        ("ready_to_delete", "e_owner"),
+    ]
+
+
+def test_a_dependency_appearing_meanwhile_flags_the_role_instead(scenario: Scenario) -> None:
+    sc = scenario
+    sc.create_role("late_owner")
+    sc.create_role("gone_soon")
+    sc.sql("CREATE TABLE late (id int)")
+    eng = prepared(sc, {"late_owner": 200, "gone_soon": 200})
+    plan = eng.plan()
+    reports = []
+    with psycopg.connect(sc.pg.dsn()) as other:  # not autocommit: the grant commits when we say
+        other.execute("GRANT SELECT ON late TO late_owner")  # locks the role against DROP ROLE
+        worker = threading.Thread(target=lambda: reports.append(eng.delete(plan)))
+        worker.start()
+        deadline = time.monotonic() + 30
+        while not sc.sql(
+            "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> %s",
+            other.info.backend_pid,
+        ):  # the job checked dependencies (none yet) and now waits to drop the role
+            assert worker.is_alive() and time.monotonic() < deadline, "the delete step never blocked"
+            time.sleep(0.02)
+        other.commit()
+        worker.join(timeout=30)
+    report = reports[0]
+    assert report.names("dropped") == ["gone_soon"]
+    flagged = report.by_action("ready_to_delete")
+    assert [o.name for o in flagged] == ["late_owner"]
+    assert flagged[0].blockers is not None
+    assert flagged[0].blockers.startswith('2BP01: role "late_owner" cannot be dropped')
+    assert flagged[0].blockers.endswith("(privileges for table late)")
+    assert sc.statuses()["late_owner"]["status"] == "ReadyToDelete"
+    assert sc.role("late_owner")["can_login"] is False  # type: ignore[index]
+    assert [h[:2] for h in sc.history() if h[0] in ("drop", "ready_to_delete")] == [
+        ("drop", "gone_soon"),
+        ("ready_to_delete", "late_owner"),
+    ]
 
 
 def test_two_runs_cannot_act_at_once(scenario: Scenario) -> None:

@@ -4,10 +4,19 @@ Each batch runs in one transaction holding the cluster's action lock; each role 
 savepoint so one failure (permission denied, a dependency appearing meanwhile) does not stop the
 others. The role's attributes, its status row and its history row change in the same transaction,
 so after a crash anywhere they agree, and a re-run reconciles against ``pg_roles``.
+
+A batch costs a handful of round trips whatever its size: the per-role statements (``ALTER ROLE``,
+``DROP ROLE``) run server-side in one ``DO`` block that gives each its own subtransaction (a
+PL/pgSQL exception block, which is a savepoint), and the status and history rows are written by
+one set-based statement each. So ``statement_timeout`` bounds the whole batch (a timeout or a
+cancel rolls the batch back and fails the step, as a lost connection does), and
+``log_statement = ddl`` no longer shows each ``ALTER ROLE`` / ``DROP ROLE`` (``pgaudit`` does);
+``action_history`` records each one.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,6 +89,65 @@ def _facts(conn: psycopg.Connection, schema: str, names: Sequence[str]) -> dict[
     return {r[0]: _Facts(*r) for r in rows}
 
 
+# Runs each statement of the batch in its own subtransaction and keeps going after a failure. The
+# statements come in, and the failures go out, through a transaction-local setting, so the block
+# itself is constant text and no role name is ever spliced into it.
+_BATCH_SETTING = "inactive_users.batch"
+_EACH_SQL = """DO $inactive_users$
+DECLARE
+    todo text[] := ARRAY(
+        SELECT s FROM jsonb_array_elements_text(current_setting('inactive_users.batch')::jsonb)
+                      WITH ORDINALITY AS a(s, n)
+        ORDER BY n);
+    failed int[] := '{}';
+    codes text[] := '{}';
+    messages text[] := '{}';
+    details text[] := '{}';
+    code text;
+    message text;
+    detail text;
+BEGIN
+    FOR i IN 1 .. coalesce(array_length(todo, 1), 0) LOOP
+        BEGIN
+            EXECUTE todo[i];
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS code = RETURNED_SQLSTATE, message = MESSAGE_TEXT,
+                                    detail = PG_EXCEPTION_DETAIL;
+            failed := failed || i;
+            codes := codes || code;
+            messages := messages || message;
+            details := details || detail;
+        END;
+    END LOOP;
+    PERFORM set_config('inactive_users.batch',
+                       json_build_array(failed, codes, messages, details)::text, true);
+END
+$inactive_users$
+"""
+
+
+def _each(conn: psycopg.Connection, statements: Sequence[sql.Composable]) -> dict[int, tuple[str, str]]:
+    """Run each statement in its own savepoint, in three round trips for the whole batch.
+
+    Inside the caller's transaction. Returns ``{index: (sqlstate, error text)}`` for the statements
+    that failed; their effects are undone, the others' stand.
+    """
+    if not statements:
+        return {}
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.INTRANS:
+        raise RuntimeError("a batch runs inside the caller's transaction (its setting is local to it)")
+    texts = [s.as_string(conn) for s in statements]
+    conn.execute("SELECT set_config(%s, %s, true)", [_BATCH_SETTING, json.dumps(texts)])
+    conn.execute(_EACH_SQL)
+    row = conn.execute("SELECT current_setting(%s)", [_BATCH_SETTING]).fetchone()
+    assert row is not None
+    failed, codes, messages, details = json.loads(row[0])
+    return {
+        i - 1: (code, _error_text(code, message, detail))
+        for i, code, message, detail in zip(failed, codes, messages, details, strict=True)
+    }
+
+
 def _stale(item: Planned, f: _Facts | None) -> str | None:
     """Why the plan no longer holds for this role, if it does not."""
     if f is None or not f.exists or f.oid != item.oid:
@@ -97,15 +165,33 @@ def _lock_sql(name: str, method: str) -> sql.Composed:
 
 
 def _mark_locked(
-    conn: psycopg.Connection, schema: str, f: _Facts, status: str, method: str, reason: str
+    conn: psycopg.Connection,
+    schema: str,
+    marks: Sequence[tuple[_Facts, str]],
+    status: str,
+    method: str,
 ) -> None:
+    """Set each (role, reason) to ``status``, keeping the lock time, method and prior attributes it has."""
+    if not marks:
+        return
     conn.execute(
         sql.SQL(
-            "UPDATE {} SET status = %s, status_reason = %s, locked_at = coalesce(locked_at, now()), "
-            "lock_method = coalesce(lock_method, %s), prior_can_login = coalesce(prior_can_login, %s), "
-            "prior_conn_limit = coalesce(prior_conn_limit, %s), updated_at = now() WHERE user_name = %s"
+            "UPDATE {} u SET status = %s, status_reason = c.reason, "
+            "locked_at = coalesce(u.locked_at, now()), lock_method = coalesce(u.lock_method, %s), "
+            "prior_can_login = coalesce(u.prior_can_login, c.can_login), "
+            "prior_conn_limit = coalesce(u.prior_conn_limit, c.conn_limit), updated_at = now() "
+            "FROM unnest(%s::text[], %s::text[], %s::bool[], %s::int[]) "
+            "AS c(name, reason, can_login, conn_limit) "
+            "WHERE u.user_name = c.name"
         ).format(t(schema, "user_login_status")),
-        [status, reason, method, f.can_login, f.conn_limit, f.name],
+        [
+            status,
+            method,
+            [f.name for f, _ in marks],
+            [reason for _, reason in marks],
+            [f.can_login for f, _ in marks],
+            [f.conn_limit for f, _ in marks],
+        ],
     )
 
 
@@ -123,35 +209,52 @@ def lock_roles(
     with conn.transaction():
         take_action_lock(conn, schema, lease_run_id)
         facts = _facts(conn, schema, [i.name for i in items])
+        todo: list[tuple[Planned, _Facts]] = []
+        skipped: dict[str, str] = {}
         for item in items:
             f = facts.get(item.name)
-            last = item.last_login.isoformat(timespec="seconds")
             why_not = _stale(item, f) or (None if f and f.status == ACTIVE else "no longer Active")
             if why_not or f is None:
-                report.outcomes.append(Outcome(item.name, "skipped", why_not or "", last))
-                continue
-            reason = f"inactive {item.inactive_days} days"
-            why = f"{reason} (last login {last})"
-            try:
-                with conn.transaction():
-                    conn.execute(_lock_sql(item.name, method))
-                    _mark_locked(conn, schema, f, LOCKED, method, why)
-            except psycopg.Error as exc:
-                report.outcomes.append(Outcome(item.name, "failed", _error_text(exc), last))
-                history.append(("lock_failed", item.name, item.oid, _error_text(exc), {}))
-                continue
-            report.outcomes.append(Outcome(item.name, "locked", reason, last))
-            history.append(
-                (
-                    "lock",
-                    item.name,
-                    item.oid,
-                    why,
-                    {"method": method, "prior_can_login": f.can_login, "prior_conn_limit": f.conn_limit},
+                skipped[item.name] = why_not or ""
+            else:
+                todo.append((item, f))
+        errors = _each(conn, [_lock_sql(item.name, method) for item, _ in todo])
+        done = {item.name: f for n, (item, f) in enumerate(todo) if n not in errors}
+        failed = {item.name: errors[n][1] for n, (item, _) in enumerate(todo) if n in errors}
+        _mark_locked(conn, schema, [(f, _why(item)) for item, f in todo if item.name in done], LOCKED, method)
+        for item in items:
+            last = _last(item)
+            if item.name in skipped:
+                report.outcomes.append(Outcome(item.name, "skipped", skipped[item.name], last))
+            elif item.name in failed:
+                report.outcomes.append(Outcome(item.name, "failed", failed[item.name], last))
+                history.append(("lock_failed", item.name, item.oid, failed[item.name], {}))
+            else:
+                f = done[item.name]
+                report.outcomes.append(Outcome(item.name, "locked", _reason(item), last))
+                history.append(
+                    (
+                        "lock",
+                        item.name,
+                        item.oid,
+                        _why(item),
+                        {"method": method, "prior_can_login": f.can_login, "prior_conn_limit": f.conn_limit},
+                    )
                 )
-            )
         record_history(conn, schema, run_id, history)
     return report
+
+
+def _last(item: Planned) -> str:
+    return item.last_login.isoformat(timespec="seconds")
+
+
+def _reason(item: Planned) -> str:
+    return f"inactive {item.inactive_days} days"
+
+
+def _why(item: Planned) -> str:
+    return f"{_reason(item)} (last login {_last(item)})"
 
 
 _DEPENDENCIES_SQL = """
@@ -201,78 +304,92 @@ def delete_roles(
     """
     report = ActionReport()
     history: list[tuple[str, str, int | None, str, dict]] = []
-    status_table = t(schema, "user_login_status")
     with conn.transaction():
         take_action_lock(conn, schema, lease_run_id)
         facts = _facts(conn, schema, [i.name for i in items])
         blockers = dependency_summaries(conn, [i.oid for i in items])
+        skipped: dict[str, str] = {}
+        to_drop: list[tuple[Planned, _Facts]] = []
+        to_flag: list[tuple[Planned, _Facts, str]] = []
         for item in items:
             f = facts.get(item.name)
-            last = item.last_login.isoformat(timespec="seconds")
             why_not = _stale(item, f)
             if why_not or f is None:
-                report.outcomes.append(Outcome(item.name, "skipped", why_not or "", last))
-                continue
-            reason = f"inactive {item.inactive_days} days"
-            why = f"{reason} (last login {last})"
-            blocked = blockers.get(item.oid)
-            if blocked is None:
-                try:
-                    with conn.transaction():
-                        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(item.name)))
-                        conn.execute(
-                            sql.SQL("DELETE FROM {} WHERE user_name = %s").format(status_table), [item.name]
-                        )
-                except psycopg.Error as exc:
-                    if exc.sqlstate != DEPENDENT_OBJECTS_STILL_EXIST:
-                        report.outcomes.append(Outcome(item.name, "failed", _error_text(exc), last))
-                        history.append(("drop_failed", item.name, item.oid, _error_text(exc), {}))
-                        continue
-                    blocked = _error_text(exc)
-                else:
-                    report.outcomes.append(Outcome(item.name, "dropped", reason, last))
-                    history.append(("drop", item.name, item.oid, why, {"status_before": f.status}))
-                    continue
-            outcome = _flag_ready_to_delete(conn, schema, f, method, reason, blocked)
-            outcome.last_login = last
-            report.outcomes.append(outcome)
-            if outcome.action == "failed":
-                history.append(("flag_failed", item.name, item.oid, outcome.reason, {}))
-            elif outcome.action == "ready_to_delete":
+                skipped[item.name] = why_not or ""
+            elif item.oid in blockers:
+                to_flag.append((item, f, blockers[item.oid]))
+            else:
+                to_drop.append((item, f))
+
+        errors = _each(conn, [sql.SQL("DROP ROLE {}").format(sql.Identifier(i.name)) for i, _ in to_drop])
+        failed: dict[str, str] = {}
+        dropped: list[str] = []
+        for n, (item, f) in enumerate(to_drop):
+            if n not in errors:
+                dropped.append(item.name)
+            elif errors[n][0] == DEPENDENT_OBJECTS_STILL_EXIST:  # a dependency appeared meanwhile
+                to_flag.append((item, f, errors[n][1]))
+            else:
+                failed[item.name] = errors[n][1]
+        if dropped:
+            conn.execute(
+                sql.SQL("DELETE FROM {} WHERE user_name = ANY(%s::text[])").format(
+                    t(schema, "user_login_status")
+                ),
+                [dropped],
+            )
+
+        # Flag: lock the role if it is not locked yet, and mark it ReadyToDelete with what blocks the drop.
+        blocked = {item.name: b for item, _, b in to_flag}
+        flag = [(item, f) for item, f, _ in to_flag if f.status != READY_TO_DELETE]
+        must_lock = [(item, f) for item, f in flag if f.status != LOCKED]
+        errors = _each(conn, [_lock_sql(item.name, method) for item, _ in must_lock])
+        flag_failed = {must_lock[n][0].name: text for n, (_, text) in errors.items()}
+        flagged = [(item, f) for item, f in flag if item.name not in flag_failed]
+        _mark_locked(
+            conn,
+            schema,
+            [
+                (f, f"{_reason(item)} (last login {f.last_login}); blocked by: {blocked[item.name]}")
+                for item, f in flagged
+            ],
+            READY_TO_DELETE,
+            method,
+        )
+
+        dropped_set = set(dropped)
+        for item in items:
+            name, last, reason = item.name, _last(item), _reason(item)
+            if name in skipped:
+                report.outcomes.append(Outcome(name, "skipped", skipped[name], last))
+            elif name in failed:
+                report.outcomes.append(Outcome(name, "failed", failed[name], last))
+                history.append(("drop_failed", name, item.oid, failed[name], {}))
+            elif name in dropped_set:
+                report.outcomes.append(Outcome(name, "dropped", reason, last))
+                history.append(("drop", name, item.oid, _why(item), {"status_before": facts[name].status}))
+            elif name in flag_failed:
+                report.outcomes.append(Outcome(name, "failed", flag_failed[name], last, blocked[name]))
+                history.append(("flag_failed", name, item.oid, flag_failed[name], {}))
+            elif facts[name].status == READY_TO_DELETE:
+                report.outcomes.append(Outcome(name, "still_ready_to_delete", reason, last, blocked[name]))
+            else:
+                report.outcomes.append(Outcome(name, "ready_to_delete", reason, last, blocked[name]))
                 history.append(
                     (
                         "ready_to_delete",
-                        item.name,
+                        name,
                         item.oid,
-                        why,
-                        {"blockers": blocked, "status_before": f.status, "lock_method": method},
+                        _why(item),
+                        {
+                            "blockers": blocked[name],
+                            "status_before": facts[name].status,
+                            "lock_method": method,
+                        },
                     )
                 )
         record_history(conn, schema, run_id, history)
     return report
-
-
-def _flag_ready_to_delete(
-    conn: psycopg.Connection, schema: str, f: _Facts, method: str, reason: str, blockers: str
-) -> Outcome:
-    """Lock the role if it is not locked yet, and mark it ReadyToDelete with what blocks the drop."""
-    if f.status == READY_TO_DELETE:
-        return Outcome(f.name, "still_ready_to_delete", reason, blockers=blockers)
-    try:
-        with conn.transaction():
-            if f.status != LOCKED:
-                conn.execute(_lock_sql(f.name, method))
-            _mark_locked(
-                conn,
-                schema,
-                f,
-                READY_TO_DELETE,
-                method,
-                f"{reason} (last login {f.last_login}); blocked by: {blockers}",
-            )
-    except psycopg.Error as exc:
-        return Outcome(f.name, "failed", _error_text(exc), blockers=blockers)
-    return Outcome(f.name, "ready_to_delete", reason, blockers=blockers)
 
 
 def unlock_roles(
@@ -288,53 +405,63 @@ def unlock_roles(
     with conn.transaction():
         take_action_lock(conn, schema, lease_run_id)
         facts = _facts(conn, schema, names)
+        refused: dict[str, Outcome] = {}
+        todo: list[tuple[_Facts, bool, int]] = []
         for name in names:
             f = facts.get(name)
             if f is None:
-                report.outcomes.append(
-                    Outcome(name, "failed", "not tracked by inactive_users (no status row)")
+                refused[name] = Outcome(name, "failed", "not tracked by inactive_users (no status row)")
+            elif f.status not in (LOCKED, READY_TO_DELETE):
+                refused[name] = Outcome(name, "skipped", f"status is {f.status}, nothing to unlock")
+            elif not f.exists:
+                refused[name] = Outcome(name, "failed", "role no longer exists")
+            else:
+                can_login = True if f.prior_can_login is None else f.prior_can_login
+                limit = -1 if f.prior_conn_limit is None else f.prior_conn_limit
+                todo.append((f, can_login, limit))
+        errors = _each(
+            conn,
+            [
+                sql.SQL("ALTER ROLE {} WITH {} CONNECTION LIMIT {}").format(
+                    sql.Identifier(f.name), sql.SQL("LOGIN" if can_login else "NOLOGIN"), sql.Literal(limit)
                 )
-                continue
-            if f.status not in (LOCKED, READY_TO_DELETE):
-                report.outcomes.append(Outcome(name, "skipped", f"status is {f.status}, nothing to unlock"))
-                continue
-            if not f.exists:
-                report.outcomes.append(Outcome(name, "failed", "role no longer exists"))
-                continue
-            can_login = True if f.prior_can_login is None else f.prior_can_login
-            limit = -1 if f.prior_conn_limit is None else f.prior_conn_limit
-            restore = sql.SQL("ALTER ROLE {} WITH {} CONNECTION LIMIT {}").format(
-                sql.Identifier(name), sql.SQL("LOGIN" if can_login else "NOLOGIN"), sql.Literal(limit)
+                for f, can_login, limit in todo
+            ],
+        )
+        restored = {
+            f.name: (f, can_login, limit) for n, (f, can_login, limit) in enumerate(todo) if n not in errors
+        }
+        failed = {todo[n][0].name: text for n, (_, text) in errors.items()}
+        if restored:
+            conn.execute(
+                sql.SQL(
+                    "UPDATE {} SET status = 'Active', last_login_time = now(), status_reason = %s, "
+                    "locked_at = NULL, lock_method = NULL, prior_can_login = NULL, "
+                    "prior_conn_limit = NULL, updated_at = now() WHERE user_name = ANY(%s::text[])"
+                ).format(t(schema, "user_login_status")),
+                [f"unlocked by run {run_id}", list(restored)],
             )
-            try:
-                with conn.transaction():
-                    conn.execute(restore)
-                    conn.execute(
-                        sql.SQL(
-                            "UPDATE {} SET status = 'Active', last_login_time = now(), status_reason = %s, "
-                            "locked_at = NULL, lock_method = NULL, prior_can_login = NULL, "
-                            "prior_conn_limit = NULL, updated_at = now() WHERE user_name = %s"
-                        ).format(t(schema, "user_login_status")),
-                        [f"unlocked by run {run_id}", name],
-                    )
-            except psycopg.Error as exc:
-                report.outcomes.append(Outcome(name, "failed", _error_text(exc)))
-                history.append(("unlock_failed", name, f.oid, _error_text(exc), {}))
-                continue
-            detail = {
-                "restored_can_login": can_login,
-                "restored_conn_limit": limit,
-                "status_before": f.status,
-            }
-            report.outcomes.append(Outcome(name, "unlocked", "restored recorded attributes"))
-            history.append(("unlock", name, f.oid, "unlock requested", detail))
+        for name in names:
+            if name in refused:
+                report.outcomes.append(refused[name])
+            elif name in failed:
+                report.outcomes.append(Outcome(name, "failed", failed[name]))
+                history.append(("unlock_failed", name, facts[name].oid, failed[name], {}))
+            else:
+                f, can_login, limit = restored[name]
+                detail = {
+                    "restored_can_login": can_login,
+                    "restored_conn_limit": limit,
+                    "status_before": f.status,
+                }
+                report.outcomes.append(Outcome(name, "unlocked", "restored recorded attributes"))
+                history.append(("unlock", name, f.oid, "unlock requested", detail))
         record_history(conn, schema, run_id, history)
     return report
 
 
-def _error_text(exc: psycopg.Error) -> str:
-    diag = exc.diag
-    text = diag.message_primary or str(exc).splitlines()[0]
-    if diag.message_detail:
-        text += f" ({diag.message_detail.replace(chr(10), '; ')})"
-    return f"{exc.sqlstate}: {text}" if exc.sqlstate else text
+def _error_text(sqlstate: str | None, message: str, detail: str | None) -> str:
+    text = message
+    if detail:
+        text += f" ({detail.replace(chr(10), '; ')})"
+    return f"{sqlstate}: {text}" if sqlstate else text
