@@ -33,11 +33,13 @@ Environment: ``BENCH_EVENTS``, ``BENCH_STREAMS``, ``BENCH_BASELINE_EVENTS``, ``B
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import json
 import math
 import os
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -54,6 +56,7 @@ if importlib.util.find_spec("devstack") is None:
     sys.path.insert(0, str(ROOT))
 # Airflow (imported by the reader's hook) reads its home at import time: a throwaway one.
 os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="bench-api-airflow-")
+atexit.register(shutil.rmtree, os.environ["AIRFLOW_HOME"], ignore_errors=True)
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 # The amazon provider logs an info line per client it builds: noise here.
 os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
