@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from inactive_users.config import ConfigError, dag_id_for, load, run_options
+from inactive_users.config import _YAML_LOADER, ConfigError, dag_id_for, load, run_options
 
 ENTRY = {"cluster_id": "orders-prod", "postgres_conn_id": "orders_pg"}
 
@@ -142,6 +142,7 @@ def test_one_bad_entry_does_not_take_down_the_others(tmp_path: Path) -> None:
     "text, message",
     [
         ("clusters: [", "is not valid YAML"),
+        ("clusters: !!python/object/apply:os.getcwd []\n", "is not valid YAML"),  # a safe loader
         ("- a\n- b\n", "the top level must be a mapping"),
         ("defaults: {}\nclustrs: []\n", "unknown top-level key(s) ['clustrs']"),
         ("defaults: {bogus: 1}\n", "defaults: unknown key 'bogus'"),
@@ -152,6 +153,19 @@ def test_broken_files_fail_as_a_whole(tmp_path: Path, text: str, message: str) -
     with pytest.raises(ConfigError, match=None) as err:
         load(write(tmp_path, text))
     assert message in str(err.value)
+
+
+def test_the_loader_reads_what_yaml_safe_load_reads() -> None:
+    """The C loader, where PyYAML has it, gives what the pure-Python safe loader gives."""
+    text = (
+        "defaults: &d {dry_run: yes, lock_after_days: 0o17, exclude_users: [app, 'etl'], schedule: ~}\n"
+        "clusters:\n"
+        "  - {<<: *d, cluster_id: orders-prod, postgres_conn_id: pg, when: 2024-01-01}\n"
+        "  - cluster_id: billing\n"
+        "    postgres_conn_id: >\n      folded\n      text\n"
+        "    max_action_ratio: 1e-1\n"
+    )
+    assert yaml.load(text, Loader=_YAML_LOADER) == yaml.safe_load(text)
 
 
 def test_missing_file_names_the_env_var(tmp_path: Path) -> None:

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import copy
+import gc
+import inspect
 import socket
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 import yaml
-from airflow.sdk import TriggerRule
+from airflow.sdk import DAG, Param, TriggerRule, task
+from airflow.sdk.definitions.param import ParamsDict
 
-from inactive_users.dag_factory import TASK_IDS
+from inactive_users.config import ClusterConfig, load
+from inactive_users.dag_factory import TASK_IDS, build_dag, build_dags, check_defaults, params_for
 
 DAGS = Path(__file__).resolve().parents[1] / "dags"
 
@@ -108,11 +114,78 @@ def test_parsing_makes_no_database_or_aws_calls(tmp_path: Path, monkeypatch: pyt
 
 
 def test_a_worker_parses_only_the_dag_it_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from inactive_users.dag_factory import build_dags
-
     path = tmp_path / "c.yaml"
     clusters = [{"cluster_id": f"c{i}", "postgres_conn_id": "pg"} for i in range(5)]
     path.write_text(yaml.safe_dump({"clusters": clusters}), encoding="utf-8")
     assert len(build_dags(path)) == 5
     monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID", "inactive_users__c3")
     assert list(build_dags(path)) == ["inactive_users__c3"]
+
+
+def cluster_from(tmp_path: Path, **entry: object) -> ClusterConfig:
+    path = tmp_path / "one.yaml"
+    doc = {"clusters": [{"cluster_id": "orders-prod", "postgres_conn_id": "pg", **entry}]}
+    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    [cluster] = load(path).clusters
+    return cluster
+
+
+def described(params: ParamsDict) -> list[tuple[str, object, object, object, object]]:
+    return [(k, p.value, p.description, p.schema, p.source) for k, p in params.items()]
+
+
+def test_params_are_what_airflow_builds_from_dag_params(tmp_path: Path) -> None:
+    """attach_params leaves the DAG and its tasks as building the DAG with params= would."""
+    cluster = cluster_from(tmp_path, exclude_users=["app"], dry_run=True, lock_after_days=30)
+    with DAG(
+        "reference", schedule="@daily", start_date=datetime(2024, 1, 1), params=params_for(cluster)
+    ) as ref:
+
+        @task
+        def probe() -> None: ...
+
+        probe()
+    dag = build_dag(cluster)
+    assert described(dag.params) == described(ref.params)
+    [ref_task] = ref.tasks
+    for t in dag.tasks:
+        assert described(t.params) == described(ref_task.params)
+    # every task has Param objects of its own, as with Airflow's deep copies
+    params = [dag.params.get_param(k) for k in dag.params]
+    params += [t.params.get_param(k) for t in dag.tasks for k in t.params]
+    assert len({id(p) for p in params}) == len(params) == 11 * 6
+    assert len({id(p.value) for p in params if isinstance(p.value, list)}) == 11 * 2
+
+
+def test_a_bad_param_default_fails_as_airflow_fails_it() -> None:
+    bad = {"days": Param(0, type="integer", minimum=1), "ok": Param("x", type="string")}
+    with pytest.raises(ValueError) as airflow_error:
+        DAG("d", schedule="@daily", start_date=datetime(2024, 1, 1), params=copy.deepcopy(bad))
+    with pytest.raises(ValueError) as ours:
+        check_defaults("d", ParamsDict(bad))
+    assert str(ours.value) == str(airflow_error.value)
+    assert str(ours.value.__cause__) == str(airflow_error.value.__cause__)
+    check_defaults("d", ParamsDict({"days": Param(1, type="integer", minimum=1)}))  # valid: no error
+
+
+def test_what_is_stated_for_airflow_is_what_it_would_work_out(tmp_path: Path) -> None:
+    """multiple_outputs as inferred from the return annotation; each attached signature as inspected."""
+    for t in build_dag(cluster_from(tmp_path)).tasks:
+        fn = t.python_callable  # type: ignore[attr-defined]
+        assert t.multiple_outputs == task(fn).multiple_outputs, t.task_id
+        attached = fn.__dict__.pop("__signature__")
+        assert attached == inspect.signature(fn), t.task_id
+
+
+def test_building_leaves_the_garbage_collector_as_it_was(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"clusters": [{"cluster_id": "c", "postgres_conn_id": "pg"}]}))
+    assert gc.isenabled()
+    build_dags(path)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        build_dags(path)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
