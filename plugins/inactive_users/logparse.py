@@ -33,12 +33,13 @@ matches the common, unambiguous shape of a login line and is exact whenever it m
 from __future__ import annotations
 
 import re
-from collections import Counter
+from bisect import bisect_left
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from functools import lru_cache
-from itertools import islice, repeat
+from itertools import chain, compress, islice, repeat
 from typing import TypeVar
 
 LOGIN_PHRASE = "connection authorized: user="
@@ -84,25 +85,34 @@ _MAX_COUNTED_NAMES = 10_000
 # * "%t" with " UTC": when its 19 characters are an ASCII "YYYY-MM-DD HH:MM:SS" (_utc_second
 #   checks, once per second) _TS reads exactly these 24 (the zone cannot take the ':'). Other
 #   digits, zones and fractions do not match or fail that check.
-# * %r: the same alternatives as _REMOTE, atomic, so the same one is taken.
+# * %r: the same alternative _REMOTE takes, by the same end: "[local]:"; or "host(port):" with
+#   host and port in a subset of _REMOTE's characters (so a match ends where _REMOTE's would; the
+#   subset avoids the slow Unicode class \s); or ":" when _REMOTE's "host(port):" does not match.
 # * "%u@%d" with no ':' (so the first ':[pid]:SEVERITY:  ' after %r, which split_line takes, is
 #   the one that follows) and a single '@' (so there is one way to split it).
 # * the message says the same user and database, followed by the end of the first line or one
 #   of _SUFFIXES, as parse_login requires (replication: no " database=").
 # Possessive "++"/"*+" where backtracking could not find another match anyway: it is cheaper.
 _UTC_STAMP = r"(.{19}) UTC:"
-_ASCII_STAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}")
-_ATOMIC_REMOTE = f"(?>{_REMOTE.pattern})"
-_FAST_LOGIN = re.compile(
-    _UTC_STAMP
-    + _ATOMIC_REMOTE
-    + r"([^@:\n]++)@([^@:\n]*+):\[([0-9]++)\]:LOG:  "
-    + r"(?:connection authorized: user=\2 database=\3(?=\Z|\n|"
-    + "|".join(map(re.escape, _SUFFIXES))
-    + r")|replication connection authorized: user=\2(?=\Z|\n|"
-    + "|".join(re.escape(s) for s in _SUFFIXES if s != " database=")
-    + "))"
-)
+_HOST_PORT = r"[^\s()]+\(\d+\):"  # _REMOTE's second alternative
+_ATOMIC_REMOTE = rf"(?>\[local\]:|[0-9A-Za-z.:%_-]++\([0-9]++\):|(?!{_HOST_PORT}):)"
+assert _REMOTE.pattern == rf"\[local\]:|{_HOST_PORT}|:"
+
+
+def _login_pattern(pid: str) -> str:
+    return (
+        _UTC_STAMP
+        + _ATOMIC_REMOTE
+        + rf"([^@:\n]++)@([^@:\n]*+):\[({pid})\]:LOG:  "
+        + r"(?:connection authorized: user=\2 database=\3(?=\Z|\n|"
+        + "|".join(map(re.escape, _SUFFIXES))
+        + r")|replication connection authorized: user=\2(?=\Z|\n|"
+        + "|".join(re.escape(s) for s in _SUFFIXES if s != " database=")
+        + "))"
+    )
+
+
+_FAST_LOGIN = re.compile(_login_pattern("[0-9]++"))
 # The same for a FATAL line: "%u@%d" without ':' (anything else in it is fine), and the first
 # line of the message.
 _FAST_FATAL = re.compile(_UTC_STAMP + _ATOMIC_REMOTE + r"([^:\n]*+):\[([0-9]++)\]:FATAL:  (.*)")
@@ -110,8 +120,16 @@ _FAST_FATAL = re.compile(_UTC_STAMP + _ATOMIC_REMOTE + r"([^:\n]*+):\[([0-9]++)\
 # the end of ":[pid", the severity, and what must follow it.
 _MARKS_LOGIN = ("]:LOG:  " + LOGIN_PHRASE, "]:LOG:  " + REPLICATION_PHRASE)
 _MARK_FATAL = "]:FATAL:  "
-_SECOND_STEPS = {f"{s:02d}": timedelta(seconds=s) for s in range(60)}
 
+# The chunk path reads a chunk's first lines joined by "\n", with one in front, in one findall of
+# _LINE_EVENT: a login line as _FAST_LOGIN reads it, or a FATAL line as _FAST_FATAL reads it when
+# its "%u@%d" has that same shape and its message is not empty (group 5). Pids in canonical digits,
+# so that str(int(pid)) finds them again.
+_LINE_EVENT = re.compile(
+    "\n"
+    + _login_pattern("[1-9][0-9]*+").replace(r"\]:LOG:  (?:", r"\]:(?:FATAL:  ([^\n]++)|LOG:  (?:", 1)
+    + ")"
+)
 _T = TypeVar("_T")
 _Pending = tuple[str, datetime]  # (user, login time) of a login a FATAL from its pid may still cancel
 
@@ -161,36 +179,37 @@ def parse_timestamp(text: str) -> tuple[datetime | None, int] | None:
     return ts, m.end()
 
 
-@lru_cache(maxsize=256)
-def _utc_second(stamp: str) -> datetime | None:
+def _stamp_time(stamp: str) -> datetime | None:
     """``parse_timestamp(stamp + " UTC:")[0]`` if ``stamp`` is an ASCII ``YYYY-MM-DD HH:MM:SS`` that exists.
 
-    None otherwise: other digits, or no such second (left to the general parser). Lines arrive
-    in time order, so few seconds are asked for often (cached), and a new second is usually in a
-    minute already seen (cached too), which leaves a slice, a lookup and an addition.
+    None otherwise: other digits or separators, or no such second (left to the general parser).
+    ``fromisoformat`` reads more forms than that; writing the time back tells them apart.
     """
-    if _ASCII_STAMP.fullmatch(stamp) is None:
-        return None
-    step = _SECOND_STEPS.get(stamp[17:])
-    minute = _utc_minute(stamp[:16])
-    if step is None or minute is None:
-        return None
-    return minute + step
-
-
-@lru_cache(maxsize=64)
-def _utc_minute(stamp: str) -> datetime | None:
+    utc = stamp + "+00:00"
     try:
-        return datetime(
-            int(stamp[0:4]),
-            int(stamp[5:7]),
-            int(stamp[8:10]),
-            int(stamp[11:13]),
-            int(stamp[14:16]),
-            tzinfo=UTC,
-        )
+        ts = datetime.fromisoformat(utc)
     except ValueError:
         return None
+    return ts if ts.isoformat(" ") == utc else None
+
+
+#: ``_stamp_time`` for the line-by-line paths: lines come in time order, so a few seconds repeat.
+_utc_second = lru_cache(maxsize=256)(_stamp_time)
+
+
+def _chunk_stamp_time(stamp: str) -> datetime | None:
+    """``_stamp_time`` by the minute (cached) and a second added: a busy log has a new second often."""
+    minute = _minute_time(stamp[:16])
+    step = _SECOND_STEPS.get(stamp[16:])
+    return None if minute is None or step is None else minute + step
+
+
+@lru_cache(maxsize=1024)
+def _minute_time(minute: str) -> datetime | None:
+    return _stamp_time(minute + ":00")
+
+
+_SECOND_STEPS = {f":{s:02d}": timedelta(seconds=s) for s in range(60)}
 
 
 def split_line(text: str) -> Line | None:
@@ -285,6 +304,27 @@ def _rejected_user(severity: str, userdb: str, message: str) -> str | None:
     return userdb[:at] if at >= 0 else None
 
 
+def _fatal_verdict(severity: str, userdb: str, message: str) -> tuple[bool, str] | None:
+    """(True, name) for a failed authentication, (False, user) for a rejection, else None."""
+    failed = _failed_user(message) if severity == "FATAL" else None
+    if failed is not None:
+        return True, failed
+    user = _rejected_user(severity, userdb, message)
+    return None if user is None else (False, user)
+
+
+def _fatal_fields(text: str) -> tuple[str, str, int, str] | None:
+    """(severity, ``%u@%d``, pid, message) of a line with ``_MARK_FATAL``, as ``split_line`` reads them.
+
+    The common shape by one anchored match (``_FAST_FATAL``), anything else by ``split_line``.
+    """
+    m = _FAST_FATAL.match(text)
+    if m is not None and _utc_second(m[1]) is not None:
+        return "FATAL", m[2], int(m[3]), m[4]
+    line = split_line(text)
+    return None if line is None else (line.severity, line.userdb, line.pid, line.message)
+
+
 @dataclass
 class LoginSummary:
     """What one or more log streams say about logins."""
@@ -326,6 +366,8 @@ class LoginAggregator:
         self._pending: dict[int, _Pending] = {}
         self._latest: datetime | None = None  # the latest time in summary.last_login
         self._in_order = True  # every login pending so far was fed no earlier than the one before
+        # While a batch is fed, its pending logins are held here instead, as runs (see _feed_chunk).
+        self._window: deque[_Run] = deque()
 
     def feed(self, message: str, event_ts: datetime | None = None) -> None:
         self.summary.events += 1
@@ -335,13 +377,112 @@ class LoginAggregator:
         """Feed ``(message, event time)`` pairs in time order: as ``feed`` on each, faster."""
         for chunk in _chunks(events):
             self.summary.events += len(chunk)
-            self._feed_fast(chunk)
+            if not self._feed_chunk([message for message, _ts in chunk]):
+                self._feed_fast(chunk)
+        self._close_window()
 
     def feed_lines(self, lines: Iterable[str]) -> None:
         """Feed raw lines in time order that have no event time of their own (files, tests, benchmarks)."""
         for chunk in _chunks(lines):
             self.summary.events += len(chunk)
-            self._feed_fast(zip(chunk, repeat(None)))
+            if not self._feed_chunk(chunk):
+                self._feed_fast(zip(chunk, repeat(None)))
+        self._close_window()
+
+    def _feed_chunk(self, messages: list[str]) -> bool:
+        """Feed a chunk as a whole, with the result of ``_feed_fast``; False (nothing fed) if it can't.
+
+        It can when every login and FATAL line in it has the common shape and every login so far
+        came in time order (see ``_ChunkPlan``). The chunk's lines then enter ``_window`` as one
+        run, looked at one by one only where a FATAL rejects a session, and the run is accepted
+        whole once all of it is older than the window.
+        """
+        plan = _ChunkPlan.of(_first_lines(messages), self.summary.last_event) if self._in_order else None
+        if plan is None:
+            self._close_window()
+            return False
+        if self._pending:
+            self._window.append(_Run.of_pending(self._pending))
+            self._pending = {}
+        run = _Run(plan.columns, plan.times, plan.fatal)
+        for at, user, pid in plan.rejections:
+            self._reject_in_window(run, at, user, pid)
+        _count_all(self.summary.failed_auth, plan.failed)
+        if run.last is not None:
+            self._enter(run)
+        return True
+
+    def _enter(self, run: _Run) -> None:
+        """Add a run of logins to the window, and accept what is now older than the window.
+
+        That is the runs wholly older, and the older part of the run then in front (accepted
+        while its matches are still in the cache: the window is usually a small part of a run).
+        """
+        assert run.last is not None
+        window = self._window
+        window.append(run)
+        self.summary.last_event = run.last
+        horizon = run.last - self.settle
+        while window and window[0].last < horizon:  # type: ignore[operator]
+            front = window.popleft()
+            self._accept_run(front, len(front.stamps))
+        if window and window[0].in_order:
+            front = window[0]
+            self._accept_run(front, bisect_left(front.stamps, f"{horizon:%Y-%m-%d %H:%M:%S}", front.start))
+
+    def _reject_in_window(self, run: _Run, at: int, user: str, pid: int) -> None:
+        """``_reject`` for the FATAL at index ``at`` of ``run`` (which is not yet in the window).
+
+        The login it may cancel is the latest of ``pid`` before it; it is pending if no older
+        than ``settle`` before the latest login fed so far.
+        """
+        before = run.last_login_before(at)
+        latest = self.summary.last_event if before is None else run.time(before)
+        if latest is None:
+            return
+        key = str(pid)
+        for r, end in chain(((run, at),), ((r, len(r.stamps)) for r in reversed(self._window))):
+            i = r.index_of(key, end)
+            if i is None:
+                continue
+            if r.users[i] == user and i not in r.cancelled and r.time(i) >= latest - self.settle:
+                r.cancelled.add(i)
+                _count(self.summary.rejected, user)
+            return
+
+    def _accept_run(self, run: _Run, end: int) -> None:
+        """``_accept_all`` for a run's logins from ``run.start`` to ``end``, without a tuple each."""
+        users, stamps = run.kept(end)
+        run.start = end
+        if not users:
+            return
+        times = run.times
+        first, last = times[stamps[0]], times[stamps[-1]]
+        when = map(times.__getitem__, stamps)
+        if self._in_order and (self._latest is None or first >= self._latest):
+            self.summary.logins += len(users)
+            self.summary.last_login.update(zip(users, when, strict=True))
+            self._latest = last
+        else:
+            self._accept_all(list(zip(users, when, strict=True)))
+
+    def _close_window(self) -> None:
+        """Hand what the window holds to ``_pending``, as ``_add_pending`` on each would have left it."""
+        if not self._window:
+            return
+        pending = self._pending
+        for run in self._window:
+            end = len(run.stamps)
+            users, stamps = run.kept(end)
+            pids = list(map(int, run.kept_column(run.pids, end)))
+            for pid, user, stamp in zip(pids, users, stamps, strict=True):
+                previous = pending.pop(pid, None)
+                if previous is not None:  # the pid was reused, so its earlier session was not rejected
+                    self._accept_all([previous])
+                pending[pid] = (user, run.times[stamp])
+        self._window.clear()
+        if self.summary.last_event is not None:
+            self._settle(self.summary.last_event - self.settle)
 
     def _feed_one(self, message: str, event_ts: datetime | None) -> None:
         """The general path: any line, through ``parse_login`` / ``split_line``."""
@@ -409,13 +550,8 @@ class LoginAggregator:
 
     def _fast_fatal(self, text: str, event_ts: datetime | None) -> bool:
         """``_fatal`` for a line with ``_MARK_FATAL`` and no login phrase; True if a pending login went."""
-        m = _FAST_FATAL.match(text)
-        if m is None:
-            return self._fatal(text, event_ts)
-        key, userdb, pid, message = m.groups()
-        if _utc_second(key) is None:
-            return self._fatal(text, event_ts)
-        return self._fatal_parts("FATAL", userdb, int(pid), message)
+        fields = _fatal_fields(text)
+        return fields is not None and self._fatal_parts(*fields)
 
     def _note_time(self, ts: datetime) -> None:
         """A login at ``ts`` is about to be pending: keep ``last_event`` and ``_in_order``."""
@@ -460,13 +596,17 @@ class LoginAggregator:
 
         Returns True if a pending login was cancelled.
         """
-        failed = _failed_user(message) if severity == "FATAL" else None
-        if failed is not None:
-            _count(self.summary.failed_auth, failed)
+        verdict = _fatal_verdict(severity, userdb, message)
+        if verdict is None:
             return False
-        user = _rejected_user(severity, userdb, message)
-        if user is None:
+        failed, name = verdict
+        if failed:
+            _count(self.summary.failed_auth, name)
             return False
+        return self._reject(name, pid)
+
+    def _reject(self, user: str, pid: int) -> bool:
+        """Cancel ``pid``'s pending login if it is ``user``'s; True if it was."""
         pending = self._pending.get(pid)
         if pending is None or pending[0] != user:
             return False
@@ -514,6 +654,188 @@ class LoginAggregator:
             logins = settled
         self._accept_all(logins)
         return self.summary
+
+
+def _first_lines(messages: list[str]) -> str:
+    """The messages' first lines, each after a "\n", as ``_feed_fast`` reads them.
+
+    A message whose later lines hold the login phrase is neither a login nor a FATAL there (the
+    phrase sends it to the login branch, which reads only the first line): it becomes empty.
+    """
+    text = "\n".join(chain(("",), messages))
+    if text.count("\n") == len(messages):
+        return text
+    return "\n".join(chain(("",), map(_first_line, messages)))
+
+
+def _first_line(message: str) -> str:
+    first, newline, rest = message.partition("\n")
+    if newline and LOGIN_PHRASE not in first and LOGIN_PHRASE in rest:
+        return ""
+    return first
+
+
+_Match = tuple[str, str, str, str, str]  # a _LINE_EVENT match: stamp, user, database, pid, FATAL message
+_SHORT_SCAN = 32  # a rejected login is usually just before its FATAL: look there before indexing
+
+
+class _Run:
+    """A chunk's ``_LINE_EVENT`` matches (or the pending dict as such), in time order, in the window.
+
+    Held as columns of the matches (``zip(*matches)``: far cheaper than a pass per field), FATAL
+    lines among the logins (``messages`` not empty), with the indexes of logins a FATAL
+    cancelled. A pid index is made only for a rejection whose login is not among the last few
+    lines before it.
+    """
+
+    __slots__ = (
+        "_by_pid",
+        "cancelled",
+        "in_order",
+        "last",
+        "messages",
+        "pids",
+        "stamps",
+        "start",
+        "times",
+        "users",
+    )
+
+    def __init__(
+        self,
+        columns: list[tuple[str, ...]],
+        times: dict[str, datetime],
+        fatal: list[int],
+        in_order: bool = True,
+    ) -> None:
+        self.stamps, self.users, _dbs, self.pids, self.messages = columns
+        self.times = times
+        self.in_order = in_order  # the stamps sort in time order (not so for the pending dict's keys)
+        self.start = 0  # the logins before it are accepted
+        self.cancelled: set[int] = set(fatal)  # FATAL lines are left out like cancelled logins
+        self._by_pid: dict[str, int] | None = None
+        last = self.last_login_before(len(self.stamps))
+        self.last = None if last is None else self.time(last)  # the latest login's time
+
+    @classmethod
+    def of_pending(cls, pending: dict[int, _Pending]) -> _Run:
+        """The pending dict as a run (its order is time order while logins come in order).
+
+        Each login's "stamp" is its pid, which is unique there, mapped to its time.
+        """
+        times = {str(pid): ts for pid, (_user, ts) in pending.items()}
+        keys = tuple(times)
+        users = tuple(user for user, _ts in pending.values())
+        return cls([keys, users, ("",) * len(keys), keys, ("",) * len(keys)], times, [], in_order=False)
+
+    def last_login_before(self, end: int) -> int | None:
+        """The index of the last login (of anyone) before ``end``."""
+        messages = self.messages
+        for i in range(end - 1, -1, -1):
+            if not messages[i]:
+                return i
+        return None
+
+    def index_of(self, pid: str, end: int) -> int | None:
+        """The index of the last login of ``pid`` before ``end``, if any."""
+        pids, messages = self.pids, self.messages
+        for i in range(end - 1, max(end - _SHORT_SCAN, 0) - 1, -1):
+            if pids[i] == pid and not messages[i]:
+                return i
+        if end <= _SHORT_SCAN:
+            return None
+        if self._by_pid is None:
+            self._by_pid = {p: i for i, (p, m) in enumerate(zip(pids, messages, strict=True)) if not m}
+        found = self._by_pid.get(pid)
+        if found is None or found < end:
+            return found
+        for j in range(end - 1, -1, -1):  # the pid was reused after end: the slow way, rarely
+            if pids[j] == pid and not messages[j]:
+                return j
+        return None
+
+    def time(self, i: int) -> datetime:
+        return self.times[self.stamps[i]]
+
+    def kept(self, end: int) -> tuple[list[str], list[str]]:
+        """Users and stamps of the logins from ``start`` to ``end`` that no FATAL cancelled, in order."""
+        return self.kept_column(self.users, end), self.kept_column(self.stamps, end)
+
+    def kept_column(self, column: tuple[str, ...], end: int) -> list[str]:
+        kept: list[str] = []
+        start = self.start
+        for i in sorted(self.cancelled):  # slices between the lines left out
+            if i >= end:
+                break
+            if i >= start:
+                kept += column[start:i]
+                start = i + 1
+        kept += column[start:end]
+        return kept
+
+
+@dataclass
+class _ChunkPlan:
+    """What a chunk of first lines holds, when all of it can be fed as a whole.
+
+    ``columns``: the columns of every login and FATAL line's match, in order; ``fatal``: the FATAL
+    lines' indexes. ``rejections``: (index, user, pid) of each FATAL that may cancel a pending
+    login. ``failed``: failed authentications in order. ``times``: each stamp's time.
+    """
+
+    columns: list[tuple[str, ...]]
+    fatal: list[int]
+    rejections: list[tuple[int, str, int]]
+    failed: list[str]
+    times: dict[str, datetime]
+
+    @classmethod
+    def of(cls, text: str, last_event: datetime | None) -> _ChunkPlan | None:
+        """The plan, or None when a line needs the line-by-line path.
+
+        That is: a login or FATAL mark that no match accounts for (a line of another shape, or a
+        mark inside a message), a stamp that is no time, or a line earlier than the one
+        before it or than the last login fed.
+        """
+        matches: list[_Match] = _LINE_EVENT.findall(text)
+        columns: list[tuple[str, ...]] = list(zip(*matches, strict=True)) or [()] * 5
+        stamps, users, _dbs, pids, messages = columns
+        fatal = list(compress(range(len(messages)), messages))
+        if len(stamps) - len(fatal) != text.count(_MARKS_LOGIN[0]) + text.count(_MARKS_LOGIN[1]) or len(
+            fatal
+        ) != text.count(_MARK_FATAL):
+            return None
+        if list(stamps) != sorted(stamps):  # ASCII digits in one format: text order is time order
+            return None
+        times: dict[str, datetime] = {}
+        for stamp in dict.fromkeys(stamps):
+            ts = _chunk_stamp_time(stamp)
+            if ts is None:
+                return None
+            times[stamp] = ts
+        if stamps and last_event is not None and times[stamps[0]] < last_event:
+            return None
+        rejections: list[tuple[int, str, int]] = []
+        failed: list[str] = []
+        for i in fatal:  # _fatal_verdict("FATAL", f"{users[i]}@{dbs[i]}", message), inline
+            message = messages[i]
+            if LOGIN_PHRASE in message:  # as in _feed_fast: a line with the phrase is never a FATAL
+                continue
+            name = _failed_user(message)
+            if name is not None:
+                failed.append(name)
+            elif message.startswith(_REJECTION_STARTS) or message.endswith(_REJECTION_ENDS):
+                rejections.append((i, users[i], int(pids[i])))
+        return cls(columns, fatal, rejections, failed, times)
+
+
+def _count_all(counter: Counter[str], names: list[str]) -> None:
+    """``_count`` of each name in turn; at once while the cap cannot be reached."""
+    if len(counter) + len(names) <= _MAX_COUNTED_NAMES:
+        counter.update(names)
+    else:
+        for name in names:
+            _count(counter, name)
 
 
 def _count(counter: Counter[str], name: str) -> None:
