@@ -512,3 +512,110 @@ def test_batch_and_reference_agree(
 @given(st.lists(st.text(max_size=200), max_size=10))
 def test_batch_and_reference_agree_on_any_text(texts: list[str]) -> None:
     assert_same([(t, None) for t in texts])
+
+
+# -- the chunk path ----------------------------------------------------------------------------------
+
+
+def clean_mix(n: int, seed: int, pids: int = 60) -> list[Event]:
+    """Time-ordered lines of the common shapes only, so that whole chunks take the chunk path.
+
+    Rejections come from 0 to 80 lines after their login (past the short scan), for pids that
+    are reused, for logins already settled, and with no login at all; seconds jump past the
+    window now and then.
+    """
+    rng = random.Random(seed)
+    events: list[Event] = []
+    second = 0
+    waiting: list[tuple[int, str, str, int]] = []  # (lines to go, user, db, pid) of rejections to come
+    while len(events) < n:
+        second += rng.choice([0, 0, 0, 1, 2, 59, 61]) if rng.random() < 0.3 else 0
+        ts = stamp(second)
+        user, db = rng.choice(USERS[:3]), rng.choice(DATABASES[:2])
+        pid, remote = rng.randrange(1, pids), rng.choice(REMOTES[:5])
+        r = rng.random()
+        if r < 0.5:
+            text = auth(user, db, rng.choice(SUFFIXES), remote, pid, ts)
+            if rng.random() < 0.15:
+                waiting.append((rng.randrange(0, 80), user, db, pid))
+        elif r < 0.55:
+            text = line(user, "", f"LOG:  replication connection authorized: user={user}", remote, pid, ts)
+        elif r < 0.65:
+            text = line(
+                user, db, f'FATAL:  password authentication failed for user "{user}"', remote, pid, ts
+            )
+        elif r < 0.68:  # a rejection with no login of its pid in sight
+            text = line(user, db, f'FATAL:  role "{user}" is not permitted to log in', remote, pid, ts)
+        elif r < 0.75:
+            text = line(
+                user, db, "LOG:  statement: select 'connection authorized: user=victim'", remote, pid, ts
+            )
+        else:
+            text = line(user, db, "LOG:  connection received: host=10.0.0.7 port=5000", remote, pid, ts)
+        events.append((text, WHEN + timedelta(seconds=second)))
+        still: list[tuple[int, str, str, int]] = []
+        for left, u, d, p in waiting:
+            if left:
+                still.append((left - 1, u, d, p))
+            else:
+                reason = rng.choice(REJECTIONS[:4]).format(u=u, d=d)
+                events.append(
+                    (line(u, d, f"FATAL:  {reason}", "[local]", p, ts), WHEN + timedelta(seconds=second))
+                )
+        waiting = still
+    return events
+
+
+def count_chunk_path(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Record whether each chunk took the chunk path."""
+    taken: list[bool] = []
+    original = LoginAggregator._feed_chunk
+
+    def spy(self: LoginAggregator, messages: list[str]) -> bool:
+        taken.append(original(self, messages))
+        return taken[-1]
+
+    monkeypatch.setattr(LoginAggregator, "_feed_chunk", spy)
+    return taken
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_chunk_path_gives_the_reference_result(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    events = clean_mix(6000, seed)
+    taken = count_chunk_path(monkeypatch)
+    s = assert_same(events, cuts=(700, 701, 3000))
+    assert taken and all(taken)  # every chunk took the chunk path
+    assert s.logins and s.rejected and s.failed_auth
+    for settle in (timedelta(0), timedelta(seconds=5), timedelta(seconds=-1), timedelta(seconds=600)):
+        assert_same(events, settle=settle)
+    assert_same(events, read_until=WHEN + timedelta(seconds=30))
+
+
+def test_chunk_path_rejections_far_from_their_login(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the short scan (the pid index), across chunks, for a reused pid and a settled login."""
+    filler = [line("x", "app", "LOG:  connection received: host=h port=1", pid=9, ts=stamp(1))] * 50
+    events: list[Event] = [
+        (auth("far", "app", pid=500, ts=stamp(0)), None),
+        *((f, None) for f in filler),
+        (line("far", "app", 'FATAL:  role "far" is not permitted to log in', pid=500, ts=stamp(1)), None),
+        (auth("old", "app", pid=501, ts=stamp(1)), None),
+        (auth("reuse", "app", pid=502, ts=stamp(1)), None),
+        *((f, None) for f in filler),
+        (auth("new", "app", pid=502, ts=stamp(2)), None),  # pid 502 reused: "reuse" is accepted
+        *((auth("busy", "app", pid=600 + i, ts=stamp(100)), None) for i in range(1200)),  # next chunk
+        (line("old", "app", 'FATAL:  role "old" is not permitted to log in', pid=501, ts=stamp(100)), None),
+        (line("new", "app", 'FATAL:  role "new" is not permitted to log in', pid=502, ts=stamp(100)), None),
+    ]
+    taken = count_chunk_path(monkeypatch)
+    s = assert_same(events)
+    assert all(taken) and len(taken) >= 2
+    assert s.rejected == {"far": 1}  # "old" and "new" were settled 98 s before their FATALs
+    assert {"old", "reuse", "new", "busy"} <= set(s.last_login) and "far" not in s.last_login
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet="0123456789-: +_T\u0662", min_size=19, max_size=19))
+def test_chunk_stamp_time_is_stamp_time(text: str) -> None:
+    assert logparse._chunk_stamp_time(text) == logparse._stamp_time(text)
+    if logparse._stamp_time(text) is not None:
+        assert logparse._stamp_time(text) == parse_timestamp(text + " UTC:")[0]  # type: ignore[index]

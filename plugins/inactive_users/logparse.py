@@ -25,9 +25,12 @@ never writes for role ``a``, so in practice the split is unique.
 
 Speed: ``LoginAggregator.feed`` reads every line through the general parser (``split_line``,
 ``parse_login``): several regex passes and objects per line, ~100k lines/s. A busy cluster writes
-millions of lines a day, so ``feed_lines``/``feed_many`` first try one anchored pattern that only
-matches the common, unambiguous shape of a login line and is exact whenever it matches (see
-``_FAST_LOGIN``); every other line still goes through the general parser.
+millions of lines a day, so ``feed_lines``/``feed_many`` read a chunk of lines at once: one
+``findall`` over the chunk's joined first lines reads every login and FATAL line of the common,
+unambiguous shape (exact whenever it matches, see ``_FAST_LOGIN``), and the logins enter the
+pending window as whole runs (``_Run``). A chunk holding any line of another shape is read line by
+line instead (``_feed_fast``: the same pattern per line, and the general parser for the rest).
+Both give exactly what ``feed`` gives; tests/test_logparse_fast.py holds them to it.
 """
 
 from __future__ import annotations
@@ -472,14 +475,13 @@ class LoginAggregator:
             return
         pending = self._pending
         for run in self._window:
-            end = len(run.stamps)
-            users, stamps = run.kept(end)
-            pids = list(map(int, run.kept_column(run.pids, end)))
-            for pid, user, stamp in zip(pids, users, stamps, strict=True):
+            for i in run.logins(len(run.stamps)):
+                pid = int(run.pids[i])
                 previous = pending.pop(pid, None)
                 if previous is not None:  # the pid was reused, so its earlier session was not rejected
                     self._accept_all([previous])
-                pending[pid] = (user, run.times[stamp])
+                if i not in run.cancelled:  # a cancelled login still ended the one before it
+                    pending[pid] = (run.users[i], run.time(i))
         self._window.clear()
         if self.summary.last_event is not None:
             self._settle(self.summary.last_event - self.settle)
@@ -691,6 +693,7 @@ class _Run:
     __slots__ = (
         "_by_pid",
         "cancelled",
+        "fatal",
         "in_order",
         "last",
         "messages",
@@ -712,7 +715,8 @@ class _Run:
         self.times = times
         self.in_order = in_order  # the stamps sort in time order (not so for the pending dict's keys)
         self.start = 0  # the logins before it are accepted
-        self.cancelled: set[int] = set(fatal)  # FATAL lines are left out like cancelled logins
+        self.fatal = set(fatal)  # the indexes of FATAL lines
+        self.cancelled: set[int] = set()  # the indexes of logins a FATAL cancelled
         self._by_pid: dict[str, int] | None = None
         last = self.last_login_before(len(self.stamps))
         self.last = None if last is None else self.time(last)  # the latest login's time
@@ -761,10 +765,14 @@ class _Run:
         """Users and stamps of the logins from ``start`` to ``end`` that no FATAL cancelled, in order."""
         return self.kept_column(self.users, end), self.kept_column(self.stamps, end)
 
+    def logins(self, end: int) -> Iterator[int]:
+        """The indexes of the logins from ``start`` to ``end``, cancelled ones included."""
+        return (i for i in range(self.start, end) if i not in self.fatal)
+
     def kept_column(self, column: tuple[str, ...], end: int) -> list[str]:
         kept: list[str] = []
         start = self.start
-        for i in sorted(self.cancelled):  # slices between the lines left out
+        for i in sorted(self.cancelled.union(self.fatal)):  # slices between the lines left out
             if i >= end:
                 break
             if i >= start:
@@ -831,7 +839,10 @@ class _ChunkPlan:
 
 def _count_all(counter: Counter[str], names: list[str]) -> None:
     """``_count`` of each name in turn; at once while the cap cannot be reached."""
-    if len(counter) + len(names) <= _MAX_COUNTED_NAMES:
+    if (
+        len(counter) + len(names) <= _MAX_COUNTED_NAMES
+        or len(counter) + len(set(names).difference(counter)) <= _MAX_COUNTED_NAMES
+    ):
         counter.update(names)
     else:
         for name in names:
@@ -845,8 +856,12 @@ def _count(counter: Counter[str], name: str) -> None:
         counter["<other>"] += 1
 
 
-def _chunks(items: Iterable[_T], size: int = 4096) -> Iterator[list[_T]]:
-    """``items`` in lists of ``size``: the batch path counts events per list, not per line."""
+def _chunks(items: Iterable[_T], size: int = 1024) -> Iterator[list[_T]]:
+    """``items`` in lists of ``size``: the batch path works per list, not per line.
+
+    Small enough that a chunk's text and matches stay in the CPU's cache between the passes
+    over them (measured: 1,024 lines beat 4,096 and 8,192 by about 15%).
+    """
     it = iter(items)
     while chunk := list(islice(it, size)):
         yield chunk
