@@ -53,6 +53,27 @@ def test_dry_run_is_labelled() -> None:
     assert "DRY RUN: nothing was changed" in alert.body and "at 2027-03-01T00:00:00+00:00" in alert.body
 
 
+def test_a_sample_of_outcomes_is_alerted_with_the_complete_totals() -> None:
+    sample = [{"name": f"r{i}", "action": "locked", "reason": "inactive 100 days"} for i in range(3)]
+    sample.append({"name": "x", "action": "failed", "reason": "42501: permission denied"})
+    totals = {"locked": 5000, "failed": 1, "skipped": 7}
+    alert = compose("c", "scheduled__1", sample, dry_run=False, totals=totals)
+    assert alert is not None
+    assert alert.subject == "[inactive_users] c: 5000 locked, 1 failed"
+    assert "Locked: 5000\n  - r0: last login unknown; inactive 100 days" in alert.body
+    assert "  ... and 4997 more not listed here: action_history lists them (run_id = 'scheduled__1')" in (
+        alert.body
+    )
+    assert "FAILED (the role was left as it was): 1\n  - x:" in alert.body
+    assert alert.body.count("more not listed here") == 1  # the one failure is listed
+    dry = compose("c", "r", [], dry_run=True, totals={"would_drop": 2000, "skipped": 1})
+    assert dry is not None and dry.subject == "[inactive_users] DRY RUN c: 2000 would drop"
+    assert (
+        "Would drop (DROP ROLE): 2000\n  ... and 2000 more not listed here: the plan task's log" in dry.body
+    )
+    assert compose("c", "r", [], dry_run=False, totals={"skipped": 3, "locked": 0}) is None
+
+
 def test_subject_fits_sns_and_secrets_are_scrubbed() -> None:
     many = [
         {"name": f"r{i}", "action": a}

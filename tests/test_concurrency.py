@@ -64,23 +64,51 @@ def test_two_runs_started_at_once(scenario: Scenario) -> None:
     assert sorted(h[1] for h in locks) == names and {h[2] for h in locks} == {winners[0]}
 
 
-def test_a_run_that_lost_its_lease_cannot_act(scenario: Scenario) -> None:
+@pytest.mark.parametrize(("action", "days", "done"), [("lock", 100, "locked"), ("delete", 200, "dropped")])
+def test_a_run_that_lost_its_lease_cannot_act(scenario: Scenario, action: str, days: int, done: str) -> None:
     sc = scenario
     sc.create_role("idle")
     first = leased_engine(sc, "run-1")
     first.migrate()
     first.acquire_lease(timedelta(hours=1))
     first.sync_roles()
-    sc.set_last_login("idle", 100)
+    sc.set_last_login("idle", days)
     sc.ship()
     plan = first.plan()
+    assert [p.name for p in getattr(plan, action)] == ["idle"]
     sc.sql("UPDATE inactive_users.run_lease SET expires_at = now() - interval '1 second'")  # run-1 stalled
     second = leased_engine(sc, "run-2")
     second.acquire_lease(timedelta(hours=1))  # the expired lease is taken over
     with pytest.raises(ConcurrentRunError, match="'run-1' does not hold the run lease"):
-        first.lock(plan)
+        getattr(first, action)(plan)
     assert sc.role("idle")["can_login"] is True  # type: ignore[index]
-    assert second.lock(second.plan()).names("locked") == ["idle"]
+    assert sc.history("lock") == sc.history("drop") == sc.history("ready_to_delete") == []
+    assert getattr(second, action)(second.plan()).names(done) == ["idle"]
     second.release_lease()
     assert sc.sql("SELECT count(*) FROM inactive_users.run_lease") == [(0,)]
     first.acquire_lease(timedelta(hours=1))  # a later run starts normally once it is released
+
+
+def test_a_later_run_replaces_the_recorded_plan_and_a_stalled_run_cannot_record(scenario: Scenario) -> None:
+    sc = scenario
+    sc.create_role("idle")
+    sc.create_role("gone")
+    first = leased_engine(sc, "run-1")
+    first.migrate()
+    first.acquire_lease(timedelta(hours=1))
+    first.sync_roles()
+    sc.set_last_login("idle", 100)
+    sc.set_last_login("gone", 200)
+    sc.ship()
+    oids = {name: sc.role(name)["oid"] for name in ("idle", "gone")}  # type: ignore[index]
+    assert first.record_plan(first.plan()) == {"lock": 1, "delete": 1}
+    assert first.recorded_plan("lock") == {("idle", oids["idle"])}
+    assert first.recorded_plan("delete") == {("gone", oids["gone"])}
+    sc.sql("UPDATE inactive_users.run_lease SET expires_at = now() - interval '1 second'")  # run-1 stalled
+    second = leased_engine(sc, "run-2")
+    second.acquire_lease(timedelta(hours=1))
+    with pytest.raises(ConcurrentRunError, match="'run-1' does not hold the run lease"):
+        first.record_plan(first.plan())
+    second.record_plan(second.plan())
+    assert first.recorded_plan("lock") == first.recorded_plan("delete") == set()  # its plan is gone
+    assert second.recorded_plan("lock") == {("idle", oids["idle"])}

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from inactive_users import actions
+from inactive_users.steps import MAX_NAMES_IN_XCOM
 from tests.dagrun import MASTER, DagHarness
 from tests.privileges import create_job_user
 from tests.scenario import ROLE_PASSWORD, Scenario
@@ -117,6 +120,94 @@ def _all_xcoms() -> str:
     return "\n".join(f"{task} {value!s}" for task, value in rows)
 
 
+def _last_run_xcoms() -> dict[tuple[str, str], Any]:
+    """The XComs of the latest DAG run in the session's Airflow metadata DB, by (task id, key)."""
+    import json
+    import sqlite3
+
+    db = Path(os.environ["AIRFLOW_HOME"]) / "airflow.db"
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(
+            "SELECT task_id, key, value FROM xcom WHERE dag_run_id = (SELECT max(dag_run_id) FROM xcom)"
+        ).fetchall()
+    # SQLite hands back a number stored in the JSON column as a number
+    return {(task, key): json.loads(v) if isinstance(v, str | bytes) else v for task, key, v in rows}
+
+
+def test_more_roles_than_an_xcom_lists_are_all_acted_on_in_one_run(
+    scenario: Scenario, dag_harness: DagHarness
+) -> None:
+    """Thousands of dormant roles: one run locks and drops every one; XComs carry counts and samples."""
+    sc, h = scenario, dag_harness
+    n_lock, n_drop = MAX_NAMES_IN_XCOM + 200, MAX_NAMES_IN_XCOM + 100
+    sc.sql(
+        "DO $$BEGIN"
+        f" FOR i IN 1..{n_lock} LOOP EXECUTE format('CREATE ROLE %I LOGIN', 'dormant' || i); END LOOP;"
+        f" FOR i IN 1..{n_drop} LOOP EXECUTE format('CREATE ROLE %I LOGIN', 'gone' || i); END LOOP;"
+        " END$$"
+    )
+    sc.create_role("fresh")
+    eng = sc.engine()
+    eng.migrate()
+    eng.sync_roles()
+    sc.sql(
+        "UPDATE inactive_users.user_login_status SET last_login_time = now() - "
+        "CASE WHEN user_name LIKE 'dormant%' THEN interval '100 days' ELSE interval '200 days' END "
+        "WHERE user_name LIKE 'dormant%' OR user_name LIKE 'gone%'"
+    )
+    assert sc.login("fresh")
+    sc.ship(sc.writer)
+    assert sc.login("fresh")
+    sc.ship(sc.reader)
+
+    def can_login(prefix: str) -> int:
+        [(n,)] = sc.sql("SELECT count(*) FROM pg_roles WHERE rolname LIKE %s AND rolcanlogin", prefix + "%")
+        return int(n)
+
+    # a dry run previews every role, and its alert gives the totals
+    states = h.run({"dry_run": True})
+    assert states["report"] == "success", states
+    assert (can_login("dormant"), can_login("gone")) == (n_lock, n_drop)
+    [preview] = h.messages()
+    assert f"{n_lock} would lock, {n_drop} would drop" in preview["subject"]
+    assert f"Would lock: {n_lock}\n" in preview["message"]
+    assert f"Would drop (DROP ROLE): {n_drop}\n" in preview["message"]
+    assert "more not listed here: the plan task's log lists them" in preview["message"]
+
+    states = h.run()
+    assert states["lock_users"] == states["delete_users"] == states["report"] == "success", states
+    assert (can_login("dormant"), can_login("gone"), can_login("fresh")) == (0, 0, 1)
+    [(gone,)] = sc.sql("SELECT count(*) FROM pg_roles WHERE rolname LIKE 'gone%'")
+    assert gone == 0
+    assert len(sc.history("lock")) == n_lock and len(sc.history("drop")) == n_drop
+    st = sc.statuses()
+    assert sum(1 for v in st.values() if v["status"] == "Locked") == n_lock
+
+    xcoms = _last_run_xcoms()
+    plan = xcoms[("plan", "return_value")]
+    assert (plan["lock_total"], plan["delete_total"]) == (n_lock, n_drop)
+    assert len(plan["lock_sample"]) == len(plan["delete_sample"]) == MAX_NAMES_IN_XCOM
+    for task, n, action in (("lock_users", n_lock, "locked"), ("delete_users", n_drop, "dropped")):
+        result = xcoms[(task, "return_value")]
+        assert result["total"] == n and result["counts"] == {action: n}
+        assert len(result["outcomes_sample"]) == MAX_NAMES_IN_XCOM
+    assert xcoms[("report", "return_value")] == {"outcomes": n_lock + n_drop, "failed": 0}
+    for (task, key), value in xcoms.items():  # no XCom names more roles to lock, or to drop, than the cap
+        text = str(value)
+        assert max(text.count("'dormant"), text.count("'gone")) <= MAX_NAMES_IN_XCOM, (task, key)
+        assert len(text) < 300_000, (task, key, len(text))
+
+    [alert] = h.messages()
+    assert f"{n_lock} locked, {n_drop} dropped" in alert["subject"]
+    assert (
+        f"Locked: {n_lock}\n" in alert["message"] and f"Dropped (DROP ROLE): {n_drop}\n" in alert["message"]
+    )
+    assert (
+        f"... and {n_lock - MAX_NAMES_IN_XCOM} more not listed here: action_history lists them"
+        in (alert["message"])
+    )
+
+
 def test_preflight_fails_clearly_when_the_log_export_is_off(
     scenario: Scenario, dag_harness: DagHarness
 ) -> None:
@@ -172,6 +263,9 @@ def test_sigkill_during_lock_users_then_a_new_run_converges(
     assert sc.login("fresh")
     sc.ship(sc.reader)
     airflow = str(Path(sys.executable).parent / "airflow")
+    # a batch's ALTER ROLE statements run inside one DO block: that is the query the server shows
+    batch = "DO $inactive_users$"
+    assert actions._EACH_SQL.startswith(batch)
     with psycopg.connect(sc.pg.dsn()) as blocker:
         blocker.execute("ALTER ROLE idle2 CONNECTION LIMIT 7")  # lock_users will wait on idle2
         proc = subprocess.Popen(
@@ -183,7 +277,7 @@ def test_sigkill_during_lock_users_then_a_new_run_converges(
         )
         deadline = time.monotonic() + 120
         while not sc.sql(
-            "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'ALTER ROLE%%'"
+            "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND starts_with(query, %s)", batch
         ):
             log = (h.config_path.parent / "killed-run.log").read_text()
             errors = [line for line in log.splitlines() if "rror" in line][:20]
@@ -198,7 +292,7 @@ def test_sigkill_during_lock_users_then_a_new_run_converges(
     # the orphaned backend finds its client gone and rolls back: idle1 was not left half-locked
     deadline = time.monotonic() + 30
     while sc.sql(
-        "SELECT 1 FROM pg_stat_activity WHERE query LIKE 'ALTER ROLE%%' AND pid <> pg_backend_pid()"
+        "SELECT 1 FROM pg_stat_activity WHERE starts_with(query, %s) AND pid <> pg_backend_pid()", batch
     ):
         assert time.monotonic() < deadline
         time.sleep(0.1)

@@ -47,14 +47,22 @@ def compose(
     *,
     dry_run: bool,
     as_of: str | None = None,
+    totals: Mapping[str, int] | None = None,
 ) -> Alert | None:
-    """The alert for one run, or None when nobody was locked, dropped, flagged or failed."""
+    """The alert for one run, or None when nobody was locked, dropped, flagged or failed.
+
+    ``outcomes`` may be a sample: ``totals`` then gives the complete count of each action, which
+    the subject and each group's heading state, and each group says how many it does not list.
+    """
     items = alerting_outcomes(outcomes)
-    if not items:
-        return None
     counts: dict[str, int] = {}
     for o in items:
         counts[o["action"]] = counts.get(o["action"], 0) + 1
+    for action, n in (totals or {}).items():
+        if action in ALERTING and n:
+            counts[action] = max(n, counts.get(action, 0))
+    if not counts:
+        return None
     summary = ", ".join(
         f"{n} {a.replace('_', ' ')}" for a, n in sorted(counts.items(), key=lambda kv: _ORDER.index(kv[0]))
     )
@@ -67,10 +75,10 @@ def compose(
             + (f" at {as_of}." if as_of else ".")
         )
     for action in _ORDER:
-        group = [o for o in items if o["action"] == action]
-        if not group:
+        if action not in counts:
             continue
-        lines += ["", f"{ALERTING[action]}: {len(group)}"]
+        group = [o for o in items if o["action"] == action]
+        lines += ["", f"{ALERTING[action]}: {counts[action]}"]
         for o in group:
             line = f"  - {o['name']}: last login {o.get('last_login') or 'unknown'}"
             if o.get("reason"):
@@ -78,6 +86,13 @@ def compose(
             if o.get("blockers"):
                 line += f"; blocked by: {o['blockers']}"
             lines.append(line)
+        if counts[action] > len(group):
+            where = (
+                "the plan task's log lists them"
+                if dry_run
+                else f"action_history lists them (run_id = '{run_id}')"
+            )
+            lines.append(f"  ... and {counts[action] - len(group)} more not listed here: {where}")
     lines += [
         "",
         "Unlock a role by triggering this DAG with unlock_users; finish a ReadyToDelete role by hand "

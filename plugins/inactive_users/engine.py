@@ -18,7 +18,7 @@ from typing import Protocol, cast
 
 import psycopg
 
-from inactive_users import actions, migrations, state
+from inactive_users import actions, migrations, planstore, state
 from inactive_users.actions import ActionReport, Outcome
 from inactive_users.logparse import LoginSummary
 from inactive_users.policy import (
@@ -175,6 +175,23 @@ class Engine:
         with self.connection() as conn:
             return self._plan(conn, instances, as_of)
 
+    def record_plan(self, plan: Plan) -> dict[str, int]:
+        """Keep the roles this run plans to lock and delete in the state schema, for its action tasks.
+
+        Replaces any plan recorded earlier; refused (``ConcurrentRunError``) when a DAG run has lost
+        the cluster's lease. Returns the number of roles recorded per action.
+        """
+        with self.connection() as conn, conn.transaction():
+            state.take_action_lock(conn, self.schema, self.lease_run_id)
+            counts = planstore.record(conn, self.schema, self.run_id, plan)
+        log.info("plan of run %s recorded in %s.planned_action: %s", self.run_id, self.schema, counts)
+        return counts
+
+    def recorded_plan(self, action: str) -> set[tuple[str, int]]:
+        """The (name, OID) pairs this run's plan task recorded for ``action`` (lock or delete)."""
+        with self.connection() as conn:
+            return planstore.fetch(conn, self.schema, self.run_id, action)
+
     def lock(self, plan: Plan) -> ActionReport:
         self._check_guard(plan)
         if self.settings.dry_run or not plan.lock:
@@ -194,7 +211,7 @@ class Engine:
             if self.settings.dry_run:
                 return self._preview_delete(conn, plan.delete)
             report = actions.delete_roles(
-                conn, self.schema, plan.delete, self.settings.lock_method, self.run_id
+                conn, self.schema, plan.delete, self.settings.lock_method, self.run_id, self.lease_run_id
             )
         _log_report("delete", report)
         return report

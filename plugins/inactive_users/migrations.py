@@ -75,6 +75,20 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             )""",
         ),
     ),
+    (
+        2,
+        "the planned roles of a run, read back by its action tasks",
+        (
+            """CREATE TABLE {s}.planned_action (
+                run_id text NOT NULL,
+                action text NOT NULL CHECK (action IN ('lock', 'delete')),
+                user_name text NOT NULL,
+                role_oid oid NOT NULL,
+                planned_at timestamptz NOT NULL DEFAULT now(),
+                PRIMARY KEY (run_id, action, user_name)
+            )""",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1][0]

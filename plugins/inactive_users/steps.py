@@ -3,27 +3,36 @@
 Every function takes the cluster's config and the Airflow task context and returns JSON-safe data
 (counts and role names; never log events, never connection details). Errors that a retry cannot
 fix become ``AirflowFailException`` so Airflow fails fast with the message that says what to fix.
+
+XComs live in Airflow's metadata database, so they stay small whatever the cluster's size: counts
+are complete, lists of names or outcomes are samples of at most ``MAX_NAMES_IN_XCOM`` (keys ending
+in ``_sample``, next to their ``_total``). The roles a run acts on travel from ``plan`` to
+``lock_users`` / ``delete_users`` through the state schema (``planstore``), not XCom; the full
+record of what was done is ``action_history``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import timedelta
 from typing import Any
 
 from inactive_users import alerts
-from inactive_users.actions import ActionReport
+from inactive_users.actions import ActionReport, Outcome
 from inactive_users.cloudwatch import LogSourceError
 from inactive_users.config import ClusterConfig, ConfigError, RunOptions, run_options
 from inactive_users.engine import Engine, SafetyGuardError
+from inactive_users.policy import Plan
 from inactive_users.settings import SettingsError
 from inactive_users.state import ConcurrentRunError
 
 log = logging.getLogger("inactive_users")
 
+#: At most this many names (or outcomes) in one list of a task's XCom; counts are always complete.
 MAX_NAMES_IN_XCOM = 1000
 
 
@@ -31,7 +40,19 @@ class PreflightError(RuntimeError):
     """The cluster is not set up for the job; the message says how to fix it."""
 
 
-PERMANENT = (ConfigError, SettingsError, SafetyGuardError, LogSourceError, ConcurrentRunError, PreflightError)
+class PlanRecordError(RuntimeError):
+    """The plan this run's plan task recorded in the state schema is not there as its XCom says."""
+
+
+PERMANENT = (
+    ConfigError,
+    SettingsError,
+    SafetyGuardError,
+    LogSourceError,
+    ConcurrentRunError,
+    PreflightError,
+    PlanRecordError,
+)
 
 
 @contextmanager
@@ -87,12 +108,53 @@ def _from_preflight(
     return eng, opts, list(pre["instances"])
 
 
-def _names(names: list[str]) -> list[str]:
-    return names[:MAX_NAMES_IN_XCOM]
+def _names(names: Sequence[str]) -> list[str]:
+    return list(names[:MAX_NAMES_IN_XCOM])
 
 
-def _outcomes(report: ActionReport) -> list[dict[str, Any]]:
-    return [asdict(o) for o in report.outcomes]
+def _rank(o: Outcome) -> int:
+    return 0 if o.action == "failed" else 1 if o.action in alerts.ALERTING else 2
+
+
+def _action_summary(report: ActionReport) -> dict[str, Any]:
+    """Counts of every outcome, and a sample of them (failures first, then what alerts) in run order."""
+    outcomes = report.outcomes
+    chosen = sorted(range(len(outcomes)), key=lambda i: (_rank(outcomes[i]), i))[:MAX_NAMES_IN_XCOM]
+    return {
+        "total": len(outcomes),
+        "counts": dict(Counter(o.action for o in outcomes)),
+        "outcomes_sample": [asdict(outcomes[i]) for i in sorted(chosen)],
+    }
+
+
+def _plan_summary(the_plan: Plan) -> dict[str, Any]:
+    lock, delete = [p.name for p in the_plan.lock], [p.name for p in the_plan.delete]
+    return {
+        "as_of": the_plan.as_of.isoformat(),
+        "candidates": the_plan.candidates,
+        "lock_total": len(lock),
+        "lock_sample": _names(lock),
+        "delete_total": len(delete),
+        "delete_sample": _names(delete),
+        "kept_active_session_total": len(the_plan.kept_active_session),
+        "kept_active_session_sample": _names(the_plan.kept_active_session),
+        "excluded": len(the_plan.excluded),
+        "guard_error": the_plan.guard_error,
+    }
+
+
+def _merge(summaries: Iterable[Mapping[str, Any]]) -> tuple[int, dict[str, int], list[dict[str, Any]]]:
+    """Total, counts per action and the samples of several tasks' action summaries."""
+    total, counts, sample = 0, Counter[str](), []
+    for summary in summaries:
+        total += int(summary.get("total") or 0)
+        counts.update(summary.get("counts") or {})
+        sample += list(summary.get("outcomes_sample") or [])
+    return total, dict(counts), sample
+
+
+def _log_outcome(o: Mapping[str, Any], prefix: str) -> None:
+    log.info("%s%r %s (%s)", prefix, o["name"], o["action"], o.get("blockers") or o.get("reason"))
 
 
 # -- tasks ----------------------------------------------------------------------------------------
@@ -180,7 +242,7 @@ def sync_roles(cluster: ClusterConfig, context: Mapping[str, Any]) -> dict[str, 
         unlocked = eng.unlock(opts.unlock_users)
         result = eng.sync_roles()
     return {
-        "unlock": _outcomes(unlocked),
+        "unlock": _action_summary(unlocked),
         "tracked": result.tracked,
         "added": _names(result.added),
         "removed": _names(result.removed),
@@ -209,53 +271,78 @@ def ingest_logins(cluster: ClusterConfig, context: Mapping[str, Any]) -> dict[st
 
 
 def plan(cluster: ClusterConfig, context: Mapping[str, Any]) -> dict[str, Any]:
+    """Plan, and record the planned roles in the state schema for the action tasks (XCom: a sample)."""
     with permanent_errors():
         eng, opts, instances = _from_preflight(cluster, context)
         if opts.settings.dry_run:
             report = eng.preview(instances, as_of=opts.as_of, unlock_users=opts.unlock_users)
             assert report.plan is not None
-            summary = report.plan.summary()
-            summary["preview"] = _outcomes(report.unlock) + _outcomes(report.lock) + _outcomes(report.delete)
+            summary = _plan_summary(report.plan)
+            for o in report.unlock.outcomes + report.lock.outcomes + report.delete.outcomes:
+                _log_outcome(asdict(o), "dry run: ")
+            summary["preview"] = {
+                "unlock": _action_summary(report.unlock),
+                "lock": _action_summary(report.lock),
+                "delete": _action_summary(report.delete),
+            }
         else:
             the_plan = eng.plan(instances)
             if the_plan.guard_error:
                 raise SafetyGuardError(the_plan.guard_error)
-            summary = the_plan.summary()
+            eng.record_plan(the_plan)
+            summary = _plan_summary(the_plan)
     summary["dry_run"] = opts.settings.dry_run
-    summary["lock"] = _names(summary["lock"])  # type: ignore[arg-type]
-    summary["delete"] = _names(summary["delete"])  # type: ignore[arg-type]
     return summary
 
 
 def choose_actions(context: Mapping[str, Any]) -> list[str]:
     planned = context["ti"].xcom_pull(task_ids="plan") or {}
-    follow = [t for t, key in (("lock_users", "lock"), ("delete_users", "delete")) if planned.get(key)]
+    follow = [
+        t for t, key in (("lock_users", "lock_total"), ("delete_users", "delete_total")) if planned.get(key)
+    ]
     log.info("following %s", follow or ["nothing_to_do"])
     return follow or ["nothing_to_do"]
 
 
 def _act(cluster: ClusterConfig, context: Mapping[str, Any], which: str) -> dict[str, Any]:
+    """Act on every role this run's plan recorded for ``which`` that a fresh plan still selects."""
     with permanent_errors():
         planned = context["ti"].xcom_pull(task_ids="plan") or {}
-        names = set(planned.get(which) or [])
         if planned.get("dry_run"):
-            preview = [
-                o for o in planned.get("preview", []) if o["name"] in names and o["action"] != "would_unlock"
-            ]
-            for o in preview:
-                log.info("dry run: %r %s (%s)", o["name"], o["action"], o.get("blockers") or o.get("reason"))
-            return {"dry_run": True, "outcomes": preview}
+            preview = dict((planned.get("preview") or {}).get(which) or _action_summary(ActionReport()))
+            for o in preview["outcomes_sample"]:
+                _log_outcome(o, "dry run: ")
+            if preview["total"] > len(preview["outcomes_sample"]):
+                log.info(
+                    "dry run: %d outcomes in all, %d listed here; the plan task's log lists every one",
+                    preview["total"],
+                    len(preview["outcomes_sample"]),
+                )
+            return {"dry_run": True, **preview}
         eng, _, instances = _from_preflight(cluster, context)
+        recorded = eng.recorded_plan(which)
+        expected = planned.get(f"{which}_total")
+        if expected is None or len(recorded) != expected:
+            raise PlanRecordError(
+                f"this run's plan task planned {expected} roles to {which}, but {len(recorded)} are "
+                f"recorded for run {eng.run_id!r} in {eng.schema}.planned_action (a later run has "
+                "replaced the plan?). This task changed nothing; re-run the DAG from preflight."
+            )
         fresh = eng.plan(instances)  # re-check at action time: someone may have logged in since
         if fresh.guard_error:
             raise SafetyGuardError(fresh.guard_error)
-        items = [p for p in (fresh.lock if which == "lock" else fresh.delete) if p.name in names]
-        dropped_from_plan = sorted(names - {p.name for p in items})
+        items = [p for p in (fresh.lock if which == "lock" else fresh.delete) if (p.name, p.oid) in recorded]
+        dropped_from_plan = sorted(name for name, _ in recorded - {(p.name, p.oid) for p in items})
+        log.info("%s: %d roles planned, %d still qualify", which, len(recorded), len(items))
         if dropped_from_plan:
-            log.info("no longer qualifying since the plan (left alone): %s", dropped_from_plan)
+            log.info(
+                "%d no longer qualifying since the plan (left alone): %s",
+                len(dropped_from_plan),
+                dropped_from_plan,
+            )
         fresh.lock, fresh.delete = (items, []) if which == "lock" else ([], items)
         report = eng.lock(fresh) if which == "lock" else eng.delete(fresh)
-    return {"dry_run": False, "outcomes": _outcomes(report)}
+    return {"dry_run": False, **_action_summary(report)}
 
 
 def lock_users(cluster: ClusterConfig, context: Mapping[str, Any]) -> dict[str, Any]:
@@ -271,28 +358,27 @@ def nothing_to_do(context: Mapping[str, Any]) -> None:
     log.info(
         "no role reached a threshold: %s candidates checked, %s kept active by an open session",
         planned.get("candidates"),
-        len(planned.get("kept_active_session") or []),
+        planned.get("kept_active_session_total", 0),
     )
 
 
-def _action_outcomes(context: Mapping[str, Any]) -> list[dict[str, Any]]:
-    outcomes: list[dict[str, Any]] = []
-    for task_id in ("lock_users", "delete_users"):
-        result = context["ti"].xcom_pull(task_ids=task_id) or {}
-        outcomes += result.get("outcomes", [])
-    return outcomes
+def _action_results(context: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The XCom summaries of lock_users and delete_users (empty when skipped)."""
+    return [context["ti"].xcom_pull(task_ids=t) or {} for t in ("lock_users", "delete_users")]
 
 
 def alert(cluster: ClusterConfig, context: Mapping[str, Any]) -> dict[str, Any]:
     from airflow.sdk.exceptions import AirflowSkipException
 
     planned = context["ti"].xcom_pull(task_ids="plan") or {}
+    _, counts, sample = _merge(_action_results(context))
     message = alerts.compose(
         cluster.cluster_id,
         str(context["run_id"]),
-        _action_outcomes(context),
+        sample,
         dry_run=bool(planned.get("dry_run")),
         as_of=planned.get("as_of") if planned.get("dry_run") else None,
+        totals=counts,
     )
     if message is None:
         raise AirflowSkipException("nobody was locked, dropped or flagged: no alert")
@@ -313,20 +399,23 @@ def report(cluster: ClusterConfig, context: Mapping[str, Any]) -> dict[str, Any]
     run_id = str(context["run_id"])
     pre = ti.xcom_pull(task_ids="preflight") or {}
     planned = ti.xcom_pull(task_ids="plan") or {}
-    outcomes = _action_outcomes(context)
     sync = ti.xcom_pull(task_ids="sync_roles") or {}
-    outcomes = list(sync.get("unlock", [])) + outcomes
+    total, counts, outcomes = _merge([sync.get("unlock") or {}, *_action_results(context)])
     rows = [f"{'role':<40} {'action':<28} {'last login':<34} detail"]
     for o in outcomes:
         detail = o.get("blockers") or o.get("reason") or ""
         rows.append(f"{o['name'][:40]:<40} {o['action']:<28} {o.get('last_login') or '-'!s:<34} {detail}")
+    if len(outcomes) < total:
+        where = "the plan task's log" if planned.get("dry_run") else f"action_history (run_id = {run_id!r})"
+        rows.append(f"... {total - len(outcomes)} more outcomes not listed here: see {where}")
     log.info(
-        "run %s on %s%s: %s candidates, %d outcomes\n%s",
+        "run %s on %s%s: %s candidates, %d outcomes (%s)\n%s",
         run_id,
         cluster.cluster_id,
         " (DRY RUN)" if planned.get("dry_run") else "",
         planned.get("candidates", "?"),
-        len(outcomes),
+        total,
+        ", ".join(f"{n} {a}" for a, n in sorted(counts.items())) or "none",
         "\n".join(rows),
     )
     if pre and not pre.get("dry_run"):
@@ -339,12 +428,14 @@ def report(cluster: ClusterConfig, context: Mapping[str, Any]) -> dict[str, Any]
     failed_tasks = sorted(
         t for t, s in states.items() if s in ("failed", "upstream_failed") and t != "report"
     )
-    failed_roles = [o["name"] for o in outcomes if o["action"] == "failed"]
-    if failed_tasks or failed_roles:
-        raise RunHadFailures(
-            f"failed tasks: {failed_tasks or 'none'}; roles whose action failed: {failed_roles or 'none'}"
-        )
-    return {"outcomes": len(outcomes), "failed": 0}
+    failed = counts.get("failed", 0)
+    if failed_tasks or failed:
+        names = [o["name"] for o in outcomes if o["action"] == "failed"]
+        listed = f"{failed} {names}" if failed else "none"
+        if failed > len(names):
+            listed += f" (the first {len(names)} listed)"
+        raise RunHadFailures(f"failed tasks: {failed_tasks or 'none'}; roles whose action failed: {listed}")
+    return {"outcomes": total, "failed": 0}
 
 
 def on_failure(cluster: ClusterConfig, context: Mapping[str, Any]) -> None:
