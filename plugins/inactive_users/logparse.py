@@ -444,14 +444,18 @@ class LoginAggregator:
         if latest is None:
             return
         key = str(pid)
-        for r, end in chain(((run, at),), ((r, len(r.stamps)) for r in reversed(self._window))):
-            i = r.index_of(key, end)
-            if i is None:
-                continue
-            if r.users[i] == user and i not in r.cancelled and r.time(i) >= latest - self.settle:
-                r.cancelled.add(i)
-                _count(self.summary.rejected, user)
-            return
+        i = run.index_of(key, at)
+        if i is None:
+            for r in reversed(self._window):
+                i = r.index_of(key, len(r.stamps))
+                if i is not None:
+                    run = r
+                    break
+            else:
+                return
+        if run.users[i] == user and i not in run.cancelled and run.time(i) >= latest - self.settle:
+            run.cancel(i)
+            _count(self.summary.rejected, user)
 
     def _accept_run(self, run: _Run, end: int) -> None:
         """``_accept_all`` for a run's logins from ``run.start`` to ``end``, without a tuple each."""
@@ -692,6 +696,7 @@ class _Run:
 
     __slots__ = (
         "_by_pid",
+        "_left_out",
         "cancelled",
         "fatal",
         "in_order",
@@ -718,6 +723,7 @@ class _Run:
         self.fatal = set(fatal)  # the indexes of FATAL lines
         self.cancelled: set[int] = set()  # the indexes of logins a FATAL cancelled
         self._by_pid: dict[str, int] | None = None
+        self._left_out: list[int] | None = None  # fatal and cancelled, sorted
         last = self.last_login_before(len(self.stamps))
         self.last = None if last is None else self.time(last)  # the latest login's time
 
@@ -761,25 +767,36 @@ class _Run:
     def time(self, i: int) -> datetime:
         return self.times[self.stamps[i]]
 
+    def cancel(self, i: int) -> None:
+        self.cancelled.add(i)
+        self._left_out = None
+
     def kept(self, end: int) -> tuple[list[str], list[str]]:
         """Users and stamps of the logins from ``start`` to ``end`` that no FATAL cancelled, in order."""
-        return self.kept_column(self.users, end), self.kept_column(self.stamps, end)
+        users: list[str] = []
+        stamps: list[str] = []
+        for a, b in self._spans(end):
+            users += self.users[a:b]
+            stamps += self.stamps[a:b]
+        return users, stamps
 
     def logins(self, end: int) -> Iterator[int]:
         """The indexes of the logins from ``start`` to ``end``, cancelled ones included."""
         return (i for i in range(self.start, end) if i not in self.fatal)
 
-    def kept_column(self, column: tuple[str, ...], end: int) -> list[str]:
-        kept: list[str] = []
+    def _spans(self, end: int) -> Iterator[tuple[int, int]]:
+        """The index ranges from ``start`` to ``end`` between the lines left out (FATAL, cancelled)."""
+        if self._left_out is None:
+            self._left_out = sorted(self.cancelled.union(self.fatal))
         start = self.start
-        for i in sorted(self.cancelled.union(self.fatal)):  # slices between the lines left out
+        for i in self._left_out[bisect_left(self._left_out, start) :]:
             if i >= end:
                 break
-            if i >= start:
-                kept += column[start:i]
-                start = i + 1
-        kept += column[start:end]
-        return kept
+            if i > start:
+                yield start, i
+            start = i + 1
+        if end > start:
+            yield start, end
 
 
 @dataclass
@@ -838,11 +855,13 @@ class _ChunkPlan:
 
 
 def _count_all(counter: Counter[str], names: list[str]) -> None:
-    """``_count`` of each name in turn; at once while the cap cannot be reached."""
-    if (
-        len(counter) + len(names) <= _MAX_COUNTED_NAMES
-        or len(counter) + len(set(names).difference(counter)) <= _MAX_COUNTED_NAMES
-    ):
+    """``_count`` of each name in turn; at once when the names cannot reach the cap."""
+    new = (
+        len(names)
+        if len(counter) + len(names) <= _MAX_COUNTED_NAMES
+        else sum(name not in counter for name in set(names))
+    )
+    if len(counter) + new <= _MAX_COUNTED_NAMES:
         counter.update(names)
     else:
         for name in names:
