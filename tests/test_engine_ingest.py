@@ -5,11 +5,13 @@ from __future__ import annotations
 import time
 from datetime import datetime, timedelta
 
+import psycopg
 import pytest
 
+from inactive_users import state
 from inactive_users.cloudwatch import LogSourceError
 from inactive_users.engine import SafetyGuardError
-from tests.scenario import Scenario
+from tests.scenario import ROLE_PASSWORD, Scenario
 
 WEIRD = 'We"ird Name 👀'
 
@@ -222,3 +224,50 @@ def test_every_page_is_read_with_the_server_side_filters(scenario: Scenario) -> 
     assert source.stats.requests >= 5
     total_lines = len(sc.pg.log_lines())
     assert source.stats.events < total_lines  # only connection and FATAL lines travelled
+
+
+@pytest.mark.parametrize("temp_allowed", [True, False], ids=["copy-to-temp-table", "no-temp-privilege"])
+def test_apply_logins_moves_times_only_forward_with_or_without_temp_tables(
+    scenario: Scenario, temp_allowed: bool
+) -> None:
+    """Both ways of sending the logins (COPY to a temp table, binary arrays) write the same rows."""
+    sc = scenario
+    names = ["alice", WEIRD, "bob", "carol"]
+    for name in names:
+        sc.create_role(name)
+    sc.create_role("job", "LOGIN")
+    eng = sc.engine()
+    eng.migrate()
+    eng.sync_roles()
+    sc.sql("GRANT USAGE ON SCHEMA inactive_users TO job")
+    sc.sql("GRANT SELECT, UPDATE ON inactive_users.user_login_status TO job")
+    if not temp_allowed:
+        sc.sql("REVOKE TEMPORARY ON DATABASE postgres FROM PUBLIC")
+    seeded = {name: sc.set_last_login(name, 10) for name in names}
+    later = db_now(sc) + timedelta(hours=1)
+
+    with psycopg.connect(sc.pg.dsn(user="job", password=ROLE_PASSWORD), autocommit=True) as conn:
+        has_temp = conn.execute("SELECT has_database_privilege(current_database(), 'TEMPORARY')").fetchone()
+        assert has_temp == (temp_allowed,)
+        with conn.transaction():  # as ingest calls it; twice in one transaction works too
+            moved = state.apply_logins(
+                conn,
+                "inactive_users",
+                {"alice": later, WEIRD: later, "bob": seeded["bob"] - timedelta(days=1), "ghost": later},
+            )
+            assert moved == 2  # bob's time is older than the stored one; ghost is not tracked
+            assert state.apply_logins(conn, "inactive_users", {"alice": later, "carol": later}) == 1
+        assert state.apply_logins(conn, "inactive_users", {}) == 0
+        # outside a transaction (autocommit) it is still one atomic change
+        assert state.apply_logins(conn, "inactive_users", {"bob": later + timedelta(seconds=1)}) == 1
+        leftovers = conn.execute("SELECT count(*) FROM pg_class WHERE relname = 'inactive_users_logins'")
+        assert leftovers.fetchone() == (0,)
+
+    st = sc.statuses()
+    assert {n: st[n]["last_login"] for n in names} == {
+        "alice": later,
+        WEIRD: later,
+        "bob": later + timedelta(seconds=1),
+        "carol": later,
+    }
+    assert "ghost" not in st

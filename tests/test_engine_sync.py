@@ -6,6 +6,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from inactive_users import migrations, state
 from tests.scenario import ROLE_PASSWORD, Scenario
 
 
@@ -15,24 +16,29 @@ def test_migrations_are_idempotent_private_and_history_is_append_only(scenario: 
     sc.sql("GRANT CREATE ON DATABASE postgres TO job")
     sc.use_job_user("job", ROLE_PASSWORD)
     eng = sc.engine()
-    assert eng.pending_migrations() == [1]
-    assert eng.migrate() == [1]
+    every = [version for version, _, _ in migrations.MIGRATIONS]
+    assert eng.pending_migrations() == every
+    assert eng.migrate() == every
     assert eng.migrate() == []
     assert eng.pending_migrations() == []
 
     owner = sc.sql("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'inactive_users'")
     assert owner == [("job",)]
     assert sc.sql("SELECT has_schema_privilege('public', 'inactive_users', 'USAGE')") == [(False,)]
-    tables = sc.sql(
-        "SELECT tablename, tableowner FROM pg_tables WHERE schemaname = 'inactive_users' ORDER BY 1"
+    tables = dict(sc.sql("SELECT tablename, tableowner FROM pg_tables WHERE schemaname = 'inactive_users'"))
+    assert {
+        "action_history",
+        "run_lease",
+        "schema_version",
+        "user_login_job_status",
+        "user_login_status",
+    } <= set(tables)
+    assert set(tables.values()) == {"job"}
+    # half of each status page is left free, so applying logins updates rows in place (HOT)
+    options = sc.sql(
+        "SELECT reloptions FROM pg_class WHERE oid = 'inactive_users.user_login_status'::regclass"
     )
-    assert tables == [
-        ("action_history", "job"),
-        ("run_lease", "job"),
-        ("schema_version", "job"),
-        ("user_login_job_status", "job"),
-        ("user_login_status", "job"),
-    ]
+    assert options == [(["fillfactor=50"],)]
     sc.create_role("other")
     with (
         psycopg.connect(sc.pg.dsn(user="other", password=ROLE_PASSWORD)) as conn,
@@ -185,3 +191,22 @@ def test_state_schema_is_configurable(scenario: Scenario) -> None:
     assert sc.sql(
         sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier("iu_state", "action_history"))
     ) == [(1,)]
+
+
+def test_history_rows_keep_every_field_in_order(scenario: Scenario) -> None:
+    sc = scenario
+    sc.engine().migrate()
+    weird = 'We"ird\\ Name, {x} 👀'
+    entries: list[tuple[str, str, int | None, str, dict]] = [
+        ("lock", weird, 4294967295, "inactive 91 days", {"prior": {"can_login": True, "limit": -1}}),
+        ("lock_failed", "plain", None, "permission denied", {}),
+        *[("drop", f"bulk_{i}", 20000 + i, f"reason {i}", {"i": i}) for i in range(2000)],
+    ]
+    with sc.pg.connect() as conn, conn.transaction():
+        state.record_history(conn, "inactive_users", "run-h", entries)
+        state.record_history(conn, "inactive_users", "run-h", [])
+    rows = sc.sql(
+        "SELECT action, user_name, role_oid::bigint, reason, detail FROM inactive_users.action_history "
+        "WHERE run_id = 'run-h' ORDER BY id"
+    )
+    assert rows == [tuple(e) for e in entries]
