@@ -274,7 +274,7 @@ class Engine:
         started = time.monotonic()
         state.take_action_lock(conn, self.schema, self.lease_run_id)
         roles = state.fetch_roles(conn, self.settings.exempt_groups)
-        held = state.held_oids(state.fetch_states(conn, self.schema))
+        held = state.held_oids(conn, self.schema)
         managed = managed_roles(roles.values(), self.exclusions(conn), held)
         managed_oids = {r.oid for r in managed}
         tracked = managed + [roles[o] for o in sorted(held) if o in roles and o not in managed_oids]
