@@ -25,7 +25,6 @@ keeps ``PYTHONDONTWRITEBYTECODE`` for Airflow if set (see ``airflow_env``).
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import pstats
 import re
@@ -47,8 +46,9 @@ if importlib.util.find_spec("devstack") is None:
 
 from bench.synthlog import aurora_events  # noqa: E402
 from devstack import shipper  # noqa: E402
+from devstack.airflowenv import airflow_env as devstack_airflow_env  # noqa: E402
 from devstack.awsfixtures import alert_topic_with_queue, create_aurora, drain_alerts  # noqa: E402
-from devstack.motoserver import MotoServer, airflow_aws_conn, boto_client  # noqa: E402
+from devstack.motoserver import MotoServer, boto_client  # noqa: E402
 from devstack.pgcluster import PgCluster, embedded_binaries, running_cluster  # noqa: E402
 
 ROLES = int(os.environ.get("BENCH_ROLES", "10000"))
@@ -61,18 +61,6 @@ CLUSTER = "bench-aurora"
 DAG_ID = "inactive_users__bench_aurora"
 MASTER = "clustermaster"
 PASSWORD = "bench-only-pw"
-TASK_ORDER = [
-    "preflight",
-    "sync_roles",
-    "ingest_logins",
-    "plan",
-    "choose_actions",
-    "lock_users",
-    "delete_users",
-    "nothing_to_do",
-    "alert",
-    "report",
-]
 
 
 def main() -> None:
@@ -187,18 +175,7 @@ def seed_history(pg: PgCluster, names: list[str], days: int) -> None:
 
 
 def airflow_env(work: Path, pg: PgCluster, moto: MotoServer) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "AWS_"))}
-    env.update(
-        {
-            "AIRFLOW_HOME": str(work / "airflow"),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "INACTIVE_USERS_CONFIG": str(work / "bench.yaml"),
-            "AIRFLOW_CONN_BENCH_PG": json.dumps(pg.airflow_conn()),
-            "AIRFLOW_CONN_BENCH_AWS": json.dumps(airflow_aws_conn(moto.endpoint_url)),
-            "PYTHONPATH": f"{ROOT / 'plugins'}:{ROOT}",
-        }
-    )
+    env = devstack_airflow_env(work, work / "bench.yaml", "bench", pg, moto)
     if not NO_BYTECODE:
         # Workers run from compiled bytecode; where PYTHONDONTWRITEBYTECODE is set (as on the machine
         # these figures come from) every Airflow process would compile its ~6,000 modules afresh:
@@ -297,7 +274,8 @@ def report(
     print()
     print(f"{'task':<16} {'state':<10} {'seconds':>8} {'callable':>9}")
     ran = 0.0
-    for task_id in sorted(tasks, key=lambda t: TASK_ORDER.index(t) if t in TASK_ORDER else 99):
+    never = datetime.max.replace(tzinfo=UTC)  # skipped tasks have no start: listed last
+    for task_id in sorted(tasks, key=lambda t: (tasks[t][2] or never, t)):  # in the order they ran
         state, secs, _, _ = tasks[task_id]
         ran += secs or 0.0
         mine = f"{own[task_id]:>9.2f}" if task_id in own else f"{'-':>9}"

