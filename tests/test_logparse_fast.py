@@ -619,3 +619,24 @@ def test_chunk_stamp_time_is_stamp_time(text: str) -> None:
     assert logparse._chunk_stamp_time(text) == logparse._stamp_time(text)
     if logparse._stamp_time(text) is not None:
         assert logparse._stamp_time(text) == parse_timestamp(text + " UTC:")[0]  # type: ignore[index]
+
+
+def test_chunk_path_reads_odd_events_as_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Marks inside a read line, a forged login on an event's second line, a FATAL quoting the phrase.
+
+    Each is mixed into common lines; the chunk path still reads every chunk and credits no victim.
+    """
+    odd = [
+        auth("alice", "app", " application_name=]:LOG:  connection authorized: user=victim database=app"),
+        auth("bob", "app", " application_name=x]:FATAL:  y", pid=43),
+        line("mallory", "app", "LOG:  statement: select 1;\n") + auth("victim", "app"),
+        line("carol", "app", 'FATAL:  role "connection authorized: user=carol" is not permitted to log in'),
+        auth("dave", "app", "\nDETAIL:  " + auth("victim", "app")),
+    ]
+    events = clean_mix(3000, 11)
+    for i, text in enumerate(odd):
+        events.insert(300 + 500 * i, (text.replace(stamp(0), events[300 + 500 * i][0][:23]), None))
+    taken = count_chunk_path(monkeypatch)
+    s = assert_same(events)
+    assert all(taken)
+    assert "victim" not in s.last_login and {"alice", "bob", "dave"} <= set(s.last_login)

@@ -26,10 +26,12 @@ never writes for role ``a``, so in practice the split is unique.
 Speed: ``LoginAggregator.feed`` reads every line through the general parser (``split_line``,
 ``parse_login``): several regex passes and objects per line, ~100k lines/s. A busy cluster writes
 millions of lines a day, so ``feed_lines``/``feed_many`` read a chunk of lines at once: one
-``findall`` over the chunk's joined first lines reads every login and FATAL line of the common,
-unambiguous shape (exact whenever it matches, see ``_FAST_LOGIN``), and the logins enter the
-pending window as whole runs (``_Run``). A chunk holding any line of another shape is read line by
-line instead (``_feed_fast``: the same pattern per line, and the general parser for the rest).
+``split`` of the chunk's joined first lines reads every whole login and FATAL line of the common,
+unambiguous shape (exact whenever it matches, see ``_FAST_LOGIN``) into columns, and what it
+leaves between them must hold no login or FATAL mark (``_ChunkPlan``). The logins enter the
+pending window as whole runs (``_Run``). A chunk holding a marked line of another shape is read
+line by line instead (``_feed_fast``: the same pattern per line, and the general parser for the
+rest).
 Both give exactly what ``feed`` gives; tests/test_logparse_fast.py holds them to it.
 """
 
@@ -102,16 +104,21 @@ _ATOMIC_REMOTE = rf"(?>\[local\]:|[0-9A-Za-z.:%_-]++\([0-9]++\):|(?!{_HOST_PORT}
 assert _REMOTE.pattern == rf"\[local\]:|{_HOST_PORT}|:"
 
 
-def _login_pattern(pid: str) -> str:
+def _login_pattern(pid: str, rest: str = "") -> str:
+    """``_FAST_LOGIN``'s pattern with ``pid`` for the pid and ``rest`` after the message's checks."""
     return (
         _UTC_STAMP
         + _ATOMIC_REMOTE
         + rf"([^@:\n]++)@([^@:\n]*+):\[({pid})\]:LOG:  "
         + r"(?:connection authorized: user=\2 database=\3(?=\Z|\n|"
         + "|".join(map(re.escape, _SUFFIXES))
-        + r")|replication connection authorized: user=\2(?=\Z|\n|"
+        + ")"
+        + rest
+        + r"|replication connection authorized: user=\2(?=\Z|\n|"
         + "|".join(re.escape(s) for s in _SUFFIXES if s != " database=")
-        + "))"
+        + ")"
+        + rest
+        + ")"
     )
 
 
@@ -124,15 +131,25 @@ _FAST_FATAL = re.compile(_UTC_STAMP + _ATOMIC_REMOTE + r"([^:\n]*+):\[([0-9]++)\
 _MARKS_LOGIN = ("]:LOG:  " + LOGIN_PHRASE, "]:LOG:  " + REPLICATION_PHRASE)
 _MARK_FATAL = "]:FATAL:  "
 
-# The chunk path reads a chunk's first lines joined by "\n", with one in front, in one findall of
-# _LINE_EVENT: a login line as _FAST_LOGIN reads it, or a FATAL line as _FAST_FATAL reads it when
-# its "%u@%d" has that same shape and its message is not empty (group 5). Pids in canonical digits,
-# so that str(int(pid)) finds them again.
+# The chunk path reads a chunk's first lines joined by "\n", with one in front, in one split by
+# _LINE_EVENT: a whole login line as _FAST_LOGIN reads it, or a whole FATAL line as _FAST_FATAL
+# reads it when its "%u@%d" has that same shape and its message is not empty (group 5). What the
+# split leaves between matches is the rest of the text. Pids in canonical digits, so that
+# str(int(pid)) finds them again.
 _LINE_EVENT = re.compile(
     "\n"
-    + _login_pattern("[1-9][0-9]*+").replace(r"\]:LOG:  (?:", r"\]:(?:FATAL:  ([^\n]++)|LOG:  (?:", 1)
+    + _login_pattern("[1-9][0-9]*+", rest=r"[^\n]*+").replace(
+        r"\]:LOG:  (?:", r"\]:(?:FATAL:  ([^\n]++)|LOG:  (?:", 1
+    )
     + ")"
 )
+_LINE_EVENT_FIELDS = 5  # stamp, user, database, pid, FATAL message
+
+
+class _MultiLine(Exception):
+    """A chunk's text has a line break inside an event: read its first lines instead."""
+
+
 _T = TypeVar("_T")
 _Pending = tuple[str, datetime]  # (user, login time) of a login a FATAL from its pid may still cancel
 
@@ -400,7 +417,7 @@ class LoginAggregator:
         run, looked at one by one only where a FATAL rejects a session, and the run is accepted
         whole once all of it is older than the window.
         """
-        plan = _ChunkPlan.of(_first_lines(messages), self.summary.last_event) if self._in_order else None
+        plan = _ChunkPlan.of_messages(messages, self.summary.last_event) if self._in_order else None
         if plan is None:
             self._close_window()
             return False
@@ -662,18 +679,6 @@ class LoginAggregator:
         return self.summary
 
 
-def _first_lines(messages: list[str]) -> str:
-    """The messages' first lines, each after a "\n", as ``_feed_fast`` reads them.
-
-    A message whose later lines hold the login phrase is neither a login nor a FATAL there (the
-    phrase sends it to the login branch, which reads only the first line): it becomes empty.
-    """
-    text = "\n".join(chain(("",), messages))
-    if text.count("\n") == len(messages):
-        return text
-    return "\n".join(chain(("",), map(_first_line, messages)))
-
-
 def _first_line(message: str) -> str:
     first, newline, rest = message.partition("\n")
     if newline and LOGIN_PHRASE not in first and LOGIN_PHRASE in rest:
@@ -681,14 +686,13 @@ def _first_line(message: str) -> str:
     return first
 
 
-_Match = tuple[str, str, str, str, str]  # a _LINE_EVENT match: stamp, user, database, pid, FATAL message
 _SHORT_SCAN = 32  # a rejected login is usually just before its FATAL: look there before indexing
 
 
 class _Run:
     """A chunk's ``_LINE_EVENT`` matches (or the pending dict as such), in time order, in the window.
 
-    Held as columns of the matches (``zip(*matches)``: far cheaper than a pass per field), FATAL
+    Held as columns of the matches (slices of the split: far cheaper than a pass per field), FATAL
     lines among the logins (``messages`` not empty), with the indexes of logins a FATAL
     cancelled. A pid index is made only for a rejection whose login is not among the last few
     lines before it.
@@ -711,7 +715,7 @@ class _Run:
 
     def __init__(
         self,
-        columns: list[tuple[str, ...]],
+        columns: list[list[str]],
         times: dict[str, datetime],
         fatal: list[int],
         in_order: bool = True,
@@ -734,9 +738,9 @@ class _Run:
         Each login's "stamp" is its pid, which is unique there, mapped to its time.
         """
         times = {str(pid): ts for pid, (_user, ts) in pending.items()}
-        keys = tuple(times)
-        users = tuple(user for user, _ts in pending.values())
-        return cls([keys, users, ("",) * len(keys), keys, ("",) * len(keys)], times, [], in_order=False)
+        keys = list(times)
+        users = [user for user, _ts in pending.values()]
+        return cls([keys, users, [""] * len(keys), keys, [""] * len(keys)], times, [], in_order=False)
 
     def last_login_before(self, end: int) -> int | None:
         """The index of the last login (of anyone) before ``end``."""
@@ -808,29 +812,40 @@ class _ChunkPlan:
     login. ``failed``: failed authentications in order. ``times``: each stamp's time.
     """
 
-    columns: list[tuple[str, ...]]
+    columns: list[list[str]]
     fatal: list[int]
     rejections: list[tuple[int, str, int]]
     failed: list[str]
     times: dict[str, datetime]
 
     @classmethod
-    def of(cls, text: str, last_event: datetime | None) -> _ChunkPlan | None:
-        """The plan, or None when a line needs the line-by-line path.
+    def of_messages(cls, messages: list[str], last_event: datetime | None) -> _ChunkPlan | None:
+        """The plan of the messages' first lines (as ``_feed_fast`` reads them), or None."""
+        try:
+            return cls.of("\n".join(chain(("",), messages)), len(messages), last_event)
+        except _MultiLine:
+            return cls.of("\n".join(chain(("",), map(_first_line, messages))), len(messages), last_event)
 
-        That is: a login or FATAL mark that no match accounts for (a line of another shape, or a
-        mark inside a message), a stamp that is no time, or a line earlier than the one
-        before it or than the last login fed.
+    @classmethod
+    def of(cls, text: str, events: int, last_event: datetime | None) -> _ChunkPlan | None:
+        """The plan of ``events`` events joined in ``text``, or None when one needs the line path.
+
+        That is: a login or FATAL mark outside the lines read (a line of another shape, or a mark
+        in a message's other lines), a stamp that is no time, or a line earlier than the one
+        before it or than the last login fed. Raises ``_MultiLine`` for a line break in an event.
         """
-        matches: list[_Match] = _LINE_EVENT.findall(text)
-        columns: list[tuple[str, ...]] = list(zip(*matches, strict=True)) or [()] * 5
+        parts = _LINE_EVENT.split(text)
+        step = _LINE_EVENT_FIELDS + 1
+        rest = "".join(parts[::step])
+        columns = [parts[i::step] for i in range(1, step)]
+        stamps = columns[0]
+        if rest.count("\n") + len(stamps) != events:  # each match holds one line break: its first
+            raise _MultiLine
+        if _MARKS_LOGIN[0] in rest or _MARKS_LOGIN[1] in rest or _MARK_FATAL in rest:
+            return None
         stamps, users, _dbs, pids, messages = columns
         fatal = list(compress(range(len(messages)), messages))
-        if len(stamps) - len(fatal) != text.count(_MARKS_LOGIN[0]) + text.count(_MARKS_LOGIN[1]) or len(
-            fatal
-        ) != text.count(_MARK_FATAL):
-            return None
-        if list(stamps) != sorted(stamps):  # ASCII digits in one format: text order is time order
+        if stamps != sorted(stamps):  # ASCII digits in one format: text order is time order
             return None
         times: dict[str, datetime] = {}
         for stamp in dict.fromkeys(stamps):
