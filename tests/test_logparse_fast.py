@@ -615,8 +615,8 @@ def test_chunk_path_rejections_far_from_their_login(monkeypatch: pytest.MonkeyPa
 
 @settings(max_examples=500, deadline=None)
 @given(st.text(alphabet="0123456789-: +_T\u0662", min_size=19, max_size=19))
-def test_chunk_stamp_time_is_stamp_time(text: str) -> None:
-    assert logparse._chunk_stamp_time(text) == logparse._stamp_time(text)
+def test_utc_second_is_stamp_time(text: str) -> None:
+    assert logparse._utc_second(text) == logparse._stamp_time(text)
     if logparse._stamp_time(text) is not None:
         assert logparse._stamp_time(text) == parse_timestamp(text + " UTC:")[0]  # type: ignore[index]
 

@@ -213,12 +213,11 @@ def _stamp_time(stamp: str) -> datetime | None:
     return ts if ts.isoformat(" ") == utc else None
 
 
-#: ``_stamp_time`` for the line-by-line paths: lines come in time order, so a few seconds repeat.
-_utc_second = lru_cache(maxsize=256)(_stamp_time)
+def _utc_second(stamp: str) -> datetime | None:
+    """``_stamp_time`` of a 19-character stamp, by the minute (cached) and a second added.
 
-
-def _chunk_stamp_time(stamp: str) -> datetime | None:
-    """``_stamp_time`` by the minute (cached) and a second added: a busy log has a new second often."""
+    Lines come in time order and a busy log has a new second often, but few new minutes.
+    """
     minute = _minute_time(stamp[:16])
     step = _SECOND_STEPS.get(stamp[16:])
     return None if minute is None or step is None else minute + step
@@ -314,11 +313,14 @@ def _failed_user(message: str) -> str | None:
     return message[start:end] if end >= start else None
 
 
+def _is_rejection(message: str) -> bool:
+    """Whether a FATAL message is one that ends a just-authorized session."""
+    return message.startswith(_REJECTION_STARTS) or message.endswith(_REJECTION_ENDS)
+
+
 def _rejected_user(severity: str, userdb: str, message: str) -> str | None:
     """The user whose just-authorized session this FATAL line ends, if it is such a rejection."""
-    if severity != "FATAL" or not (
-        message.startswith(_REJECTION_STARTS) or message.endswith(_REJECTION_ENDS)
-    ):
+    if severity != "FATAL" or not _is_rejection(message):
         return None
     at = userdb.find("@")
     return userdb[:at] if at >= 0 else None
@@ -838,18 +840,17 @@ class _ChunkPlan:
         step = _LINE_EVENT_FIELDS + 1
         rest = "".join(parts[::step])
         columns = [parts[i::step] for i in range(1, step)]
-        stamps = columns[0]
+        stamps, users, _dbs, pids, messages = columns
         if rest.count("\n") + len(stamps) != events:  # each match holds one line break: its first
             raise _MultiLine
         if _MARKS_LOGIN[0] in rest or _MARKS_LOGIN[1] in rest or _MARK_FATAL in rest:
             return None
-        stamps, users, _dbs, pids, messages = columns
         fatal = list(compress(range(len(messages)), messages))
         if stamps != sorted(stamps):  # ASCII digits in one format: text order is time order
             return None
         times: dict[str, datetime] = {}
         for stamp in dict.fromkeys(stamps):
-            ts = _chunk_stamp_time(stamp)
+            ts = _utc_second(stamp)
             if ts is None:
                 return None
             times[stamp] = ts
@@ -857,14 +858,14 @@ class _ChunkPlan:
             return None
         rejections: list[tuple[int, str, int]] = []
         failed: list[str] = []
-        for i in fatal:  # _fatal_verdict("FATAL", f"{users[i]}@{dbs[i]}", message), inline
+        for i in fatal:  # _fatal_verdict("FATAL", f"{users[i]}@{dbs[i]}", message) without the join
             message = messages[i]
             if LOGIN_PHRASE in message:  # as in _feed_fast: a line with the phrase is never a FATAL
                 continue
             name = _failed_user(message)
             if name is not None:
                 failed.append(name)
-            elif message.startswith(_REJECTION_STARTS) or message.endswith(_REJECTION_ENDS):
+            elif _is_rejection(message):
                 rejections.append((i, users[i], int(pids[i])))
         return cls(columns, fatal, rejections, failed, times)
 
