@@ -312,5 +312,5 @@ def _doc(cluster: ClusterConfig) -> str:
         f"safety guard: at most {s.max_action_ratio:.0%} of candidates per run.\n\n"
         "Trigger with `unlock_users` to unlock roles; with `dry_run: true` and `as_of` to preview a date.\n\n"
         f"State: schema `{s.state_schema}` in the target database "
-        "(`user_login_status`, `action_history`)."
+        "(`user_login_status`, `action_history`, `planned_action`)."
     )

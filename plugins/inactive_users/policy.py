@@ -141,18 +141,6 @@ class Plan:
         """Roles whose access this run would newly remove (re-checks of ReadyToDelete excluded)."""
         return len(self.lock) + sum(1 for p in self.delete if p.status != READY_TO_DELETE)
 
-    def summary(self) -> dict[str, object]:
-        """Small, log- and XCom-safe summary: counts and role names only."""
-        return {
-            "as_of": self.as_of.isoformat(),
-            "candidates": self.candidates,
-            "lock": [p.name for p in self.lock],
-            "delete": [p.name for p in self.delete],
-            "kept_active_session": list(self.kept_active_session),
-            "excluded": len(self.excluded),
-            "guard_error": self.guard_error,
-        }
-
 
 def make_plan(
     states: Iterable[UserState],

@@ -279,19 +279,16 @@ def apply_logins(conn: psycopg.Connection, schema: str, logins: Mapping[str, dat
     """
     if not logins:
         return 0
+    apply = sql.SQL(
+        "UPDATE {} u SET last_login_time = l.seen, updated_at = now() FROM {} AS l(user_name, seen) "
+        "WHERE u.user_name = l.user_name AND l.seen > u.last_login_time"
+    )
     status = t(schema, "user_login_status")
     with conn.transaction():  # a savepoint in the caller's transaction; its own one in autocommit
         row = conn.execute("SELECT has_database_privilege(current_database(), 'TEMPORARY')").fetchone()
         if not (row and row[0]):
-            cur = conn.execute(
-                sql.SQL(
-                    "UPDATE {} u SET last_login_time = l.seen, updated_at = now() "
-                    "FROM unnest(%b::text[], %b::timestamptz[]) AS l(user_name, seen) "
-                    "WHERE u.user_name = l.user_name AND l.seen > u.last_login_time"
-                ).format(status),
-                [list(logins), list(logins.values())],
-            )
-            return cur.rowcount
+            source = sql.SQL("unnest(%b::text[], %b::timestamptz[])")
+            return conn.execute(apply.format(status, source), [list(logins), list(logins.values())]).rowcount
         batch = sql.Identifier("pg_temp", "inactive_users_logins")
         conn.execute(
             sql.SQL(
@@ -302,13 +299,7 @@ def apply_logins(conn: psycopg.Connection, schema: str, logins: Mapping[str, dat
             copy.set_types(["text", "timestamptz"])
             for login in logins.items():
                 copy.write_row(login)
-        cur = conn.execute(
-            sql.SQL(
-                "UPDATE {} u SET last_login_time = l.seen, updated_at = now() FROM {} l "
-                "WHERE u.user_name = l.user_name AND l.seen > u.last_login_time"
-            ).format(status, batch)
-        )
-        moved = cur.rowcount
+        moved = conn.execute(apply.format(status, batch)).rowcount
         conn.execute(sql.SQL("DROP TABLE {}").format(batch))  # ON COMMIT DROP is too late for a second call
     return moved
 
