@@ -57,7 +57,7 @@ def main() -> int:
         rds, logs, sns, sqs = (boto_client(moto.endpoint_url, s) for s in ("rds", "logs", "sns", "sqs"))
         writer, reader = create_aurora(rds, CLUSTER, master_user=MASTER, exports=["postgresql"])
         topic_arn, queue_url = alert_topic_with_queue(sns, sqs, "dba-alerts", "dba-inbox")
-        write_config(topic_arn)
+        write_config(topic_arn, {writer: f"127.0.0.1:{pg.port}", reader: f"127.0.0.1:{pg.port}"})
 
         step(3, total, "creating roles with different stories, a table owned by one of them")
         with pg.connect() as admin:
@@ -109,7 +109,8 @@ def venv_bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
-def write_config(topic_arn: str) -> None:
+def write_config(topic_arn: str, endpoints: dict[str, str]) -> None:
+    """The demo's config; its two instances are one local server, where their sessions are read."""
     doc = {
         "defaults": {
             "lock_after_days": 90,
@@ -126,6 +127,8 @@ def write_config(topic_arn: str) -> None:
                 "postgres_conn_id": "demo_pg",
                 "aws_conn_id": "demo_aws",
                 "region_name": "us-east-1",
+                "instance_endpoints": endpoints,  # moto's endpoints are names nothing answers
+                "global_secondaries": [],
             }
         ],
     }

@@ -32,11 +32,15 @@ class DagHarness:
         create_aurora(self.rds, cluster_id, master_user=MASTER, exports=exports)
 
     def write_config(self, defaults: dict[str, Any] | None = None, **cluster: Any) -> None:
+        # moto's instance endpoints are names no server answers: both instances are this server
+        here = f"127.0.0.1:{self.sc.pg.port}"
         entry = {
             "cluster_id": self.sc.cluster_id,
             "postgres_conn_id": self.sc.pg_conn_id,
             "aws_conn_id": self.sc.aws_conn_id,
             "region_name": "us-east-1",
+            "instance_endpoints": {self.sc.writer: here, self.sc.reader: here},
+            "global_secondaries": [],
             **cluster,
         }
         base = {

@@ -10,6 +10,7 @@ import json
 import time
 import uuid
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -38,7 +39,7 @@ class Scenario:
         self.monkeypatch = monkeypatch
         self.admin = pg.connect()
         self.logs = boto_client(moto.endpoint_url, "logs")
-        self._offset = 0
+        self._offsets: dict[Path, int] = {}  # per server log file: how far it was shipped
         self._held: list[psycopg.Connection] = []
         self.use_job_user("postgres", pg.password)
         monkeypatch.setenv(
@@ -99,33 +100,51 @@ class Scenario:
 
     # -- log export ----------------------------------------------------------------------------
 
-    def flush_log(self) -> None:
+    def flush_log(self, server: PgCluster | None = None) -> None:
         """Wait until everything logged so far is in the log file (a marker line comes after it)."""
+        server = server or self.pg
         marker = f"iu-marker-{uuid.uuid4().hex}"
-        self.admin.execute(sql.SQL("DO $$BEGIN RAISE LOG {}; END$$").format(sql.Literal(marker)))
+        statement = sql.SQL("DO $$BEGIN RAISE LOG {}; END$$").format(sql.Literal(marker))
+        if server is self.pg:
+            self.admin.execute(statement)
+        else:
+            with server.connect() as conn:  # a hot standby runs a read-only DO block too
+                conn.execute(statement)
         deadline = time.monotonic() + 15
-        while marker not in self.pg.logfile.read_text(encoding="utf-8", errors="replace"):
+        while marker not in server.logfile.read_text(encoding="utf-8", errors="replace"):
             if time.monotonic() > deadline:
-                raise AssertionError(f"log marker {marker} never reached {self.pg.logfile}")
+                raise AssertionError(f"log marker {marker} never reached {server.logfile}")
             time.sleep(0.02)
 
-    def ship(self, instance: str | None = None) -> int:
-        """Ship the log lines written since the last ship to ``instance``'s stream (default: writer)."""
-        self.flush_log()
-        shipped, self._offset = shipper.ship_log_file(
-            self.logs,
-            self.cluster_id,
+    def ship(
+        self,
+        instance: str | None = None,
+        *,
+        server: PgCluster | None = None,
+        cluster_id: str | None = None,
+        region: str = "us-east-1",
+    ) -> int:
+        """Ship the lines ``server`` (default: the primary) logged since its last ship to ``instance``'s
+        stream (default: the writer) of ``cluster_id``'s log group (default: this cluster's)."""
+        server = server or self.pg
+        self.flush_log(server)
+        client = self.logs if region == "us-east-1" else boto_client(self.moto.endpoint_url, "logs", region)
+        shipped, self._offsets[server.logfile] = shipper.ship_log_file(
+            client,
+            cluster_id or self.cluster_id,
             instance or self.writer,
-            self.pg.logfile,
-            since_offset=self._offset,
-            tz=self.pg.timezone,  # Aurora stamps each event with the line's own time
+            server.logfile,
+            since_offset=self._offsets.get(server.logfile, 0),
+            tz=server.timezone,  # Aurora stamps each event with the line's own time
+            region=region,
         )
         return shipped
 
-    def skip_log(self) -> None:
+    def skip_log(self, server: PgCluster | None = None) -> None:
         """Forget the log written so far (it is never shipped)."""
-        self.flush_log()
-        self._offset = self.pg.logfile.stat().st_size
+        server = server or self.pg
+        self.flush_log(server)
+        self._offsets[server.logfile] = server.logfile.stat().st_size
 
     def ensure_stream(self, instance: str) -> None:
         shipper.ship(self.logs, self.cluster_id, instance, [])

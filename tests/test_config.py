@@ -93,6 +93,16 @@ BAD_VALUES: list[tuple[dict[str, Any], str]] = [
     ({"instances": ["i-1", ""]}, "instances must be a non-empty list of instance names"),
     ({"alert": {"slack_conn_id": 3}}, "alert.slack_conn_id must be a string or null, got 3"),
     ({"alert": "sns"}, "alert must be dict, got 'sns'"),
+    ({"logs_requests_per_second": 0}, "logs_requests_per_second must be a number in (0, 100], got 0"),
+    ({"logs_max_concurrency": 0}, "logs_max_concurrency must be a whole number from 1 to 32, got 0"),
+    ({"ingest_pool": " "}, "ingest_pool must be an Airflow pool name or null, got ' '"),
+    ({"instance_endpoints": {"i-1": "db-1:five"}}, "instance_endpoints['i-1'] must be 'host:port'"),
+    ({"instance_endpoints": ["db-1:5432"]}, "instance_endpoints must be dict or null"),
+    ({"global_secondaries": [{"cluster_id": "dr"}]}, "global_secondaries[1]: region_name must be an AWS"),
+    (
+        {"global_secondaries": [{"cluster_id": "dr", "region_name": "eu-west-1", "instances": []}]},
+        "global_secondaries[1]: unknown key(s) ['instances']",
+    ),
 ]
 
 
@@ -231,6 +241,7 @@ def test_run_options_override_for_one_run_and_say_where_values_came_from(tmp_pat
             "lock_after_days must be a whole number of days >= 1 or null, got 'ninety'",
         ),
         ({"delete_after_days": 0}, "delete_after_days must be a whole number of days >= 1 or null, got 0"),
+        ({"override_retention": "yes"}, "override_retention must be true or false, got 'yes'"),
     ],
 )
 def test_bad_trigger_conf_is_named(tmp_path: Path, conf: dict[str, Any], message: str) -> None:
@@ -238,6 +249,27 @@ def test_bad_trigger_conf_is_named(tmp_path: Path, conf: dict[str, Any], message
     with pytest.raises(ConfigError) as err:
         run_options(cluster, conf)
     assert message in str(err.value)
+
+
+def test_topology_keys(tmp_path: Path) -> None:
+    from inactive_users.config import Endpoint, SecondaryCluster
+
+    c = one(
+        tmp_path,
+        instance_endpoints={"w-1": "127.0.0.1:6001", "r-1": "[::1]:6002"},
+        global_secondaries=[
+            {"cluster_id": "orders-dr", "region_name": "eu-west-1", "instance_endpoints": {"dr-1": "h:5"}}
+        ],
+        ingest_pool="cloudwatch_us_east_1",
+    ).clusters[0]
+    assert c.instance_endpoints == {"w-1": Endpoint("127.0.0.1", 6001), "r-1": Endpoint("::1", 6002)}
+    assert c.global_secondaries == (
+        SecondaryCluster("orders-dr", "eu-west-1", None, {"dr-1": Endpoint("h", 5)}),
+    )
+    assert c.ingest_pool == "cloudwatch_us_east_1"
+    defaults = one(tmp_path).clusters[0]
+    assert (defaults.instance_endpoints, defaults.global_secondaries, defaults.ingest_pool) == (None,) * 3
+    assert (defaults.settings.logs_requests_per_second, defaults.settings.logs_max_concurrency) == (5, 4)
 
 
 def test_run_options_report_each_effective_value(tmp_path: Path) -> None:

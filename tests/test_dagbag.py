@@ -66,6 +66,7 @@ def test_every_cluster_yields_a_dag_with_the_fixed_tasks(
             "exclude_users",
             "unlock_users",
             "as_of",
+            "override_retention",
         }
         rules = {t.task_id: TriggerRule(t.trigger_rule).value for t in dag.tasks}
         assert rules["report"] == "all_done"

@@ -37,9 +37,18 @@ def ago(days: float) -> datetime:
 @pytest.mark.parametrize(
     "r, ex, reason",
     [
-        (role(1, "rdsadmin"), Exclusions(), "reserved RDS role"),
-        (role(1, "rds_iam_user"), Exclusions(), "reserved name prefix"),
-        (role(1, "pg_monitor_x"), Exclusions(), "reserved name prefix"),
+        (role(1, "rdsadmin"), Exclusions(), "reserved RDS role (RDS administration role)"),
+        (role(1, "rdstopmgr"), Exclusions(), "reserved RDS role (RDS topology manager role)"),
+        (role(1, "rdswriteforwarduser"), Exclusions(), "reserved RDS role (Aurora write forwarding role)"),
+        (role(1, "rdsproxyadmin"), Exclusions(), "reserved RDS role (RDS Proxy administration role)"),
+        (role(1, "rdsnewthing"), Exclusions(), "reserved name prefix 'rds'"),
+        (role(1, "rds_iam_user"), Exclusions(), "reserved name prefix 'rds_'"),
+        (role(1, "pg_monitor_x"), Exclusions(), "reserved name prefix 'pg_'"),
+        (
+            role(1, "rdsadmin"),
+            Exclusions(protected=frozenset({"rdsadmin"})),
+            "reserved RDS role (RDS administration role)",
+        ),
         (role(1, "master"), Exclusions(protected=frozenset({"master"})), "master or job user"),
         (role(1, "root", superuser=True), Exclusions(), "superuser"),
         (role(1, "svc"), Exclusions.build(users=["svc"]), "exclude_users"),

@@ -40,7 +40,14 @@ def console(prefix: str) -> list[str]:
 
 def test_every_console_command_is_accounted_for() -> None:
     commands = [line for b in blocks("console") for line in b.splitlines() if line.strip()]
-    known = ("make demo", "make test", "docker compose up", "aws rds ", "airflow dags trigger ")
+    known = (
+        "make demo",
+        "make test",
+        "docker compose up",
+        "aws rds ",
+        "airflow dags trigger ",
+        "airflow pools set ",
+    )
     assert all(c.startswith(known) for c in commands), commands
     # make demo: tests/test_demo.py; make test: CI; docker compose up: tests/test_compose.py
     assert console("make demo") and console("make test") and console("docker compose up")
@@ -62,6 +69,16 @@ def test_the_aws_cli_command_is_a_valid_call(scenario: Scenario) -> None:
     members = rds.meta.service_model.operation_model("ModifyDBCluster").input_shape.members
     assert members["CloudwatchLogsExportConfiguration"].members["EnableLogTypes"].type_name == "list"
     assert "--cloudwatch-logs-export-configuration" in README  # preflight's message names the same fix
+
+
+def test_the_pool_command_makes_the_documented_pool(airflow_db: None) -> None:
+    [line] = console("airflow pools set ")
+    airflow = str(Path(sys.executable).parent / "airflow")
+    args = shlex.split(line)
+    done = subprocess.run([airflow, *args[1:]], env=os.environ.copy(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    listed = subprocess.run([airflow, "pools", "get", args[3], "-o", "json"], capture_output=True, text=True)
+    assert str(json.loads(listed.stdout.strip().splitlines()[-1])[0]["slots"]) == args[4]
 
 
 def test_the_airflow_trigger_command_creates_a_run(airflow_db: None, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -93,6 +110,8 @@ def test_iam_policy_names_exactly_the_calls_the_code_makes() -> None:
     actions = {a for st in policy["Statement"] for a in st["Action"]}
     assert actions == {
         "rds:DescribeDBClusters",
+        "rds:DescribeDBInstances",
+        "rds:DescribeGlobalClusters",
         "logs:FilterLogEvents",
         "logs:DescribeLogGroups",
         "sns:Publish",
@@ -101,10 +120,20 @@ def test_iam_policy_names_exactly_the_calls_the_code_makes() -> None:
     source = "\n".join(p.read_text() for p in (ROOT / "plugins" / "inactive_users").glob("*.py"))
     calls = set(
         re.findall(
-            r"\.(describe_db_clusters|filter_log_events|describe_log_groups|publish_to_target)\(", source
+            r"\.(describe_db_clusters|describe_db_instances|filter_log_events|describe_log_groups|"
+            r"publish_to_target)\(|get_paginator\(\"(describe_global_clusters)\"\)",
+            source,
         )
     )
-    assert calls == {"describe_db_clusters", "filter_log_events", "describe_log_groups", "publish_to_target"}
+    calls = {c for pair in calls for c in pair if c}
+    assert calls == {
+        "describe_db_clusters",
+        "describe_db_instances",
+        "describe_global_clusters",
+        "filter_log_events",
+        "describe_log_groups",
+        "publish_to_target",
+    }
     other_boto = set(re.findall(r"client\.([a-z_]+)\(", source)) - calls
     assert other_boto == set(), other_boto
 

@@ -38,8 +38,10 @@ ENGINE_KEYS = (
     "state_schema",
     "page_size",
     "settle_seconds",
+    "logs_requests_per_second",
+    "logs_max_concurrency",
 )
-OTHER_DEFAULT_KEYS = ("schedule", "alert", "retries", "lease_hours")
+OTHER_DEFAULT_KEYS = ("schedule", "alert", "retries", "lease_hours", "ingest_pool")
 CLUSTER_ONLY_KEYS = (
     "cluster_id",
     "postgres_conn_id",
@@ -48,7 +50,10 @@ CLUSTER_ONLY_KEYS = (
     "instances",
     "master_user",
     "log_group",
+    "instance_endpoints",
+    "global_secondaries",
 )
+SECONDARY_KEYS = ("cluster_id", "region_name", "log_group", "instance_endpoints")
 ALERT_KEYS = ("sns_topic_arn", "slack_conn_id", "email")
 _TYPES: dict[str, tuple[type, ...]] = {
     "lock_after_days": (int, type(None)),
@@ -67,6 +72,11 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "state_schema": (str,),
     "page_size": (int,),
     "settle_seconds": (int,),
+    "logs_requests_per_second": (int, float),
+    "logs_max_concurrency": (int,),
+    "ingest_pool": (str, type(None)),
+    "instance_endpoints": (dict, type(None)),
+    "global_secondaries": (list, type(None)),
     "schedule": (str, type(None)),
     "alert": (dict,),
     "retries": (int,),
@@ -80,6 +90,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "log_group": (str, type(None)),
 }
 _CLUSTER_ID = re.compile(r"[A-Za-z][A-Za-z0-9-]{0,62}")
+_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d+")
+_HOST_PORT = re.compile(r"(?P<host>[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]):(?P<port>\d{1,5})")
 # The same safe loader, in C where PyYAML has libyaml: 500 clusters load in 10 ms rather than 75 ms
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -100,6 +112,27 @@ class AlertConfig:
 
 
 @dataclass(frozen=True)
+class Endpoint:
+    """Where one instance accepts connections (the Postgres connection's host and port replaced)."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class SecondaryCluster:
+    """A secondary cluster of an Aurora Global Database: its roles are ours, its logins count."""
+
+    cluster_id: str
+    region_name: str
+    log_group: str | None = None
+    instance_endpoints: dict[str, Endpoint] | None = None
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     cluster_id: str
     postgres_conn_id: str
@@ -113,6 +146,9 @@ class ClusterConfig:
     instances: tuple[str, ...] | None = None  # set for RDS / self-managed: no DescribeDBClusters
     master_user: str | None = None
     log_group: str | None = None
+    instance_endpoints: dict[str, Endpoint] | None = None  # instance id -> where to read its sessions
+    global_secondaries: tuple[SecondaryCluster, ...] | None = None  # None: ask DescribeGlobalClusters
+    ingest_pool: str | None = None  # Airflow pool of the ingest task (bounds the fleet's log reads)
 
     @property
     def dag_id(self) -> str:
@@ -221,6 +257,9 @@ def parse_cluster(entry: object, defaults: Mapping[str, Any], label: str) -> Clu
     lease = merged.get("lease_hours", 1)
     if lease <= 0:
         raise ConfigError(f"{label}: lease_hours must be > 0, got {lease!r}")
+    pool = merged.get("ingest_pool")
+    if pool is not None and not pool.strip():
+        raise ConfigError(f"{label}: ingest_pool must be an Airflow pool name or null, got {pool!r}")
     return ClusterConfig(
         cluster_id=entry["cluster_id"],
         postgres_conn_id=entry["postgres_conn_id"],
@@ -234,7 +273,57 @@ def parse_cluster(entry: object, defaults: Mapping[str, Any], label: str) -> Clu
         instances=tuple(instances) if instances else None,
         master_user=merged.get("master_user"),
         log_group=merged.get("log_group"),
+        instance_endpoints=_endpoints(label, "instance_endpoints", merged.get("instance_endpoints")),
+        global_secondaries=_secondaries(label, merged.get("global_secondaries")),
+        ingest_pool=pool,
     )
+
+
+def _endpoints(label: str, key: str, raw: Mapping[str, Any] | None) -> dict[str, Endpoint] | None:
+    """``{instance id: "host:port"}`` as endpoints; the message names the entry that is wrong."""
+    if raw is None:
+        return None
+    if not raw:
+        raise ConfigError(f"{label}: {key} must map instance ids to 'host:port', got an empty mapping")
+    found: dict[str, Endpoint] = {}
+    for instance, value in raw.items():
+        m = _HOST_PORT.fullmatch(value) if isinstance(value, str) else None
+        port = int(m["port"]) if m else 0
+        if not isinstance(instance, str) or not instance or m is None or not 0 < port < 65536:
+            raise ConfigError(
+                f"{label}: {key}[{instance!r}] must be 'host:port' (e.g. 'db-1.internal:5432'), got {value!r}"
+            )
+        found[instance] = Endpoint(m["host"].strip("[]"), port)
+    return found
+
+
+def _secondaries(label: str, raw: list[Any] | None) -> tuple[SecondaryCluster, ...] | None:
+    """The secondaries listed by the DBA (an empty list: this cluster has none, do not ask AWS)."""
+    if raw is None:
+        return None
+    found = []
+    for i, entry in enumerate(raw, start=1):
+        where = f"{label}: global_secondaries[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where} must be a mapping with cluster_id and region_name, got {entry!r}")
+        unknown = sorted(set(entry) - set(SECONDARY_KEYS))
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {unknown} (allowed: {', '.join(SECONDARY_KEYS)})")
+        cid, region = entry.get("cluster_id"), entry.get("region_name")
+        if not isinstance(cid, str) or not _CLUSTER_ID.fullmatch(cid):
+            raise ConfigError(f"{where}: cluster_id must be a DB cluster identifier, got {cid!r}")
+        if not isinstance(region, str) or not _REGION.fullmatch(region):
+            raise ConfigError(
+                f"{where}: region_name must be an AWS region such as 'eu-west-1', got {region!r}"
+            )
+        group = entry.get("log_group")
+        if group is not None and (not isinstance(group, str) or not group.startswith("/")):
+            raise ConfigError(f"{where}: log_group must be a log group name starting with '/', got {group!r}")
+        endpoints = entry.get("instance_endpoints")
+        if endpoints is not None and not isinstance(endpoints, dict):
+            raise ConfigError(f"{where}: instance_endpoints must be a mapping, got {endpoints!r}")
+        found.append(SecondaryCluster(cid, region, group, _endpoints(where, "instance_endpoints", endpoints)))
+    return tuple(found)
 
 
 def _parse_alert(label: str, raw: Mapping[str, Any]) -> AlertConfig:
@@ -254,7 +343,15 @@ def _parse_alert(label: str, raw: Mapping[str, Any]) -> AlertConfig:
 
 # -- per-run overrides from the trigger form ---------------------------------------------------
 
-RUN_PARAMS = ("dry_run", "lock_after_days", "delete_after_days", "exclude_users", "unlock_users", "as_of")
+RUN_PARAMS = (
+    "dry_run",
+    "lock_after_days",
+    "delete_after_days",
+    "exclude_users",
+    "unlock_users",
+    "as_of",
+    "override_retention",
+)
 
 
 @dataclass(frozen=True)
@@ -263,6 +360,7 @@ class RunOptions:
     unlock_users: tuple[str, ...]
     as_of: datetime | None
     sources: dict[str, str]  # value provenance, for the task log
+    override_retention: bool = False  # act although logins may have aged out of the log (recorded)
 
     def value(self, key: str) -> object:
         """The effective value of a run parameter, as the task log shows it."""
@@ -270,6 +368,8 @@ class RunOptions:
             return list(self.unlock_users)
         if key == "as_of":
             return self.as_of.isoformat() if self.as_of else None
+        if key == "override_retention":
+            return self.override_retention
         return getattr(self.settings, key)
 
 
@@ -308,7 +408,12 @@ def run_options(cluster: ClusterConfig, conf: Mapping[str, Any] | None) -> RunOp
     as_of = _as_of(conf.get("as_of"), settings.dry_run)
     if as_of is not None:
         sources["as_of"] = "trigger conf"
-    return RunOptions(settings, unlock, as_of, sources)
+    override = conf.get("override_retention") or False
+    if not isinstance(override, bool):
+        raise ConfigError(f"trigger parameter override_retention must be true or false, got {override!r}")
+    if override:
+        sources["override_retention"] = "trigger conf"
+    return RunOptions(settings, unlock, as_of, sources, override)
 
 
 def _str_list(conf: Mapping[str, Any], key: str) -> list[str]:

@@ -108,6 +108,13 @@ def params_for(cluster: ClusterConfig, source: Literal["dag"] | None = None) -> 
             description="ISO-8601 evaluation time, e.g. 2027-03-01T00:00:00Z; only with dry_run: true.",
             source=source,
         ),
+        "override_retention": Param(
+            False,
+            type="boolean",
+            description="Act although logins may have aged out of the log group (the retention "
+            "guard's refusal); recorded in action_history.",
+            source=source,
+        ),
     }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -20,15 +20,24 @@ import psycopg
 
 from inactive_users import actions, migrations, planstore, state
 from inactive_users.actions import ActionReport, Outcome
+from inactive_users.alerts import scrub
+from inactive_users.cloudwatch import LogSourceError
+from inactive_users.instances import Connect, SessionScan, scan_sessions
 from inactive_users.logparse import LoginSummary
 from inactive_users.policy import (
     READY_TO_DELETE,
     Exclusions,
     Plan,
     Planned,
+    RoleInfo,
+    cloud_role_reason,
+    exclusion_reason,
     log_gap_error,
     make_plan,
     managed_roles,
+    retention_error,
+    retention_gap,
+    session_error,
 )
 from inactive_users.settings import EngineSettings, SettingsError
 
@@ -40,7 +49,31 @@ class SafetyGuardError(RuntimeError):
 
 
 class LoginSource(Protocol):
+    log_group: str
+
     def read(self, instance: str, start: datetime, end: datetime, settle: timedelta) -> LoginSummary: ...
+
+    def read_many(
+        self, windows: Mapping[str, tuple[datetime, datetime]], settle: timedelta
+    ) -> dict[str, LoginSummary]: ...
+
+    def retention_days(self) -> int | None: ...
+
+
+@dataclass(frozen=True)
+class LogStreams:
+    """The log streams of one cluster: the primary's (``cluster_id`` None) or a Global Database
+    secondary's, which has its own log group in its own region.
+
+    A secondary's watermarks are kept under ``<cluster_id>/<instance>`` beside the primary's.
+    """
+
+    cluster_id: str | None
+    source: LoginSource
+    instances: tuple[str, ...]
+
+    def key(self, instance: str) -> str:
+        return instance if self.cluster_id is None else f"{self.cluster_id}/{instance}"
 
 
 @dataclass
@@ -51,6 +84,10 @@ class IngestResult:
     active_sessions: list[str] = field(default_factory=list)
     failed_auth: dict[str, int] = field(default_factory=dict)
     rejected: dict[str, int] = field(default_factory=dict)
+    pending_logins: int = 0
+    first_ingest: int = 0
+    retention_gaps: dict[str, str] = field(default_factory=dict)
+    session_errors: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -74,6 +111,9 @@ class Engine:
         master_user: str | None = None,
         logs: LoginSource | None = None,
         use_lease: bool = False,
+        sessions: Mapping[str, Connect | None] | None = None,
+        secondaries: Sequence[LogStreams] = (),
+        override_retention: bool = False,
     ) -> None:
         self._connect = connect
         self.use_lease = use_lease
@@ -82,6 +122,11 @@ class Engine:
         self.master_user = master_user
         self.logs = logs
         self.schema = settings.state_schema
+        # Where open sessions are read: every instance of the cluster (and of its secondaries);
+        # None: this engine's own connection is the only instance (one-server set-ups, tests).
+        self.sessions = sessions
+        self.secondaries = tuple(secondaries)
+        self.override_retention = override_retention
 
     @classmethod
     def from_airflow(
@@ -173,6 +218,12 @@ class Engine:
 
     def plan(self, instances: Sequence[str] | None = None, as_of: datetime | None = None) -> Plan:
         with self.connection() as conn:
+            if self.override_retention and not self.settings.dry_run:
+                with conn.transaction():
+                    state.take_action_lock(conn, self.schema, self.lease_run_id)
+                    cleared = state.clear_retention_gaps(conn, self.schema, self.run_id)
+                for gap in cleared.values():
+                    log.warning("retention gap overridden (recorded in action_history): %s", gap)
             return self._plan(conn, instances, as_of)
 
     def record_plan(self, plan: Plan) -> dict[str, int]:
@@ -275,10 +326,23 @@ class Engine:
         state.take_action_lock(conn, self.schema, self.lease_run_id)
         roles = state.fetch_roles(conn, self.settings.exempt_groups)
         held = state.held_oids(conn, self.schema)
-        managed = managed_roles(roles.values(), self.exclusions(conn), held)
+        exclusions = self.exclusions(conn)
+        self._release_cloud_roles(conn, [roles[o] for o in sorted(held) if o in roles])
+        held = state.held_oids(conn, self.schema)
+        managed = managed_roles(roles.values(), exclusions, held)
         managed_oids = {r.oid for r in managed}
-        tracked = managed + [roles[o] for o in sorted(held) if o in roles and o not in managed_oids]
-        result = state.sync(conn, self.schema, tracked, self.run_id)
+        tracked = managed + [
+            roles[o]
+            for o in sorted(held)
+            if o in roles and o not in managed_oids and cloud_role_reason(roles[o].name) is None
+        ]
+        tracked_oids = {r.oid for r in tracked}
+        excluded = {
+            oid: reason
+            for oid, role in roles.items()
+            if oid not in tracked_oids and (reason := exclusion_reason(role, exclusions)) is not None
+        }
+        result = state.sync(conn, self.schema, tracked, self.run_id, excluded)
         log.info(
             "sync: %d roles in cluster, %d tracked; added %d%s, removed %d%s, renamed %d, "
             "unlocked outside the job %d%s (%.2fs)",
@@ -295,6 +359,25 @@ class Engine:
         )
         return result
 
+    def _release_cloud_roles(self, conn: psycopg.Connection, held: Sequence[RoleInfo]) -> None:
+        """Roles an older version locked that belong to RDS / Aurora: restore them, then stop tracking.
+
+        Such a role is never ours to touch; leaving it locked could break the cluster's management.
+        """
+        names = [r.name for r in held if cloud_role_reason(r.name) is not None]
+        if not names:
+            return
+        log.warning("restoring roles owned by RDS / Aurora that an earlier version locked: %s", names)
+        report = actions.unlock_roles(conn, self.schema, names, self.run_id, self.lease_run_id)
+        for o in report.outcomes:
+            log.warning("  %r: %s (%s)", o.name, o.action, o.reason)
+
+    def _scan_sessions(self, conn: psycopg.Connection) -> SessionScan:
+        """Open sessions on every instance; with no instance map, on this connection's server."""
+        if self.sessions is None:
+            return SessionScan(oids=state.active_session_oids(conn), read=["(this connection)"])
+        return scan_sessions(self.sessions)
+
     def _ingest(
         self, conn: psycopg.Connection, instances: Sequence[str], now: datetime | None
     ) -> IngestResult:
@@ -304,79 +387,150 @@ class Engine:
         marks = state.fetch_watermarks(conn, self.schema)
         total = LoginSummary()
         result = IngestResult()
-        new_marks = []
-        for instance in instances:
+        new_marks: list[state.Watermark] = []
+        pending: dict[str, tuple[datetime, str]] = {}
+        unreadable: dict[str, str] = {}
+        for streams in [LogStreams(None, self.logs, tuple(instances)), *self.secondaries]:
+            key = streams.key
+            windows = {}
+            for instance in streams.instances:
+                mark = marks.get(key(instance))
+                windows[instance] = (
+                    mark.last_processed - self.settings.overlap if mark else now - self.settings.lookback,
+                    now,
+                )
+                if mark is not None:
+                    gap = retention_gap(
+                        key(instance),
+                        mark.last_processed,
+                        now,
+                        self.settings.overlap,
+                        streams.source.retention_days(),
+                        streams.source.log_group,
+                    )
+                    if gap is not None:
+                        result.retention_gaps[key(instance)] = gap
             started = time.monotonic()
-            mark = marks.get(instance)
-            start = mark.last_processed - self.settings.overlap if mark else now - self.settings.lookback
-            summary = self.logs.read(instance, start, now, self.settings.settle)
-            total.merge(summary)
-            candidates = [x for x in (mark.last_event if mark else None, summary.last_event) if x is not None]
-            last_event = max(candidates) if candidates else None
-            new_marks.append(state.Watermark(instance, now, last_event))
-            result.instances[instance] = {
-                "from": start.isoformat(),
-                "to": now.isoformat(),
-                "events": summary.events,
-                "logins": summary.logins,
-                "users": len(summary.last_login),
-                "rejected": sum(summary.rejected.values()),
-                "failed_auth": sum(summary.failed_auth.values()),
-                "unsettled": summary.unsettled,
-                "last_event": last_event.isoformat() if last_event else None,
-            }
+            try:
+                summaries = streams.source.read_many(windows, self.settings.settle)
+            except Exception as exc:
+                if streams.cluster_id is None:
+                    raise  # the primary's own logs: the task fails (and retries) as before
+                unreadable[streams.cluster_id] = scrub(f"{type(exc).__name__}: {exc}")
+                log.error("logs of secondary cluster %s could not be read: %s", streams.cluster_id, exc)
+                continue
+            elapsed = time.monotonic() - started
+            for instance, summary in summaries.items():
+                name = key(instance)
+                start = windows[instance][0]
+                total.merge(summary)
+                for user, ts in summary.pending.items():
+                    if user not in pending or ts > pending[user][0]:
+                        pending[user] = (ts, name)
+                mark = marks.get(name)
+                candidates = [x for x in (mark.last_event if mark else None, summary.last_event) if x]
+                last_event = max(candidates) if candidates else None
+                new_marks.append(state.Watermark(name, now, last_event))
+                result.instances[name] = {
+                    "from": start.isoformat(),
+                    "to": now.isoformat(),
+                    "events": summary.events,
+                    "logins": summary.logins,
+                    "users": len(summary.last_login),
+                    "rejected": sum(summary.rejected.values()),
+                    "failed_auth": sum(summary.failed_auth.values()),
+                    "unsettled": summary.unsettled,
+                    "last_event": last_event.isoformat() if last_event else None,
+                }
+                log.info(
+                    "ingest %s: read %s .. %s, %d events, %d logins by %d users, %d rejected after "
+                    "authorization, %d failed authentications, %d logins still settling",
+                    name,
+                    start.isoformat(),
+                    now.isoformat(),
+                    summary.events,
+                    summary.logins,
+                    len(summary.last_login),
+                    sum(summary.rejected.values()),
+                    sum(summary.failed_auth.values()),
+                    summary.unsettled,
+                )
             log.info(
-                "ingest %s: read %s .. %s, %d events, %d logins by %d users, %d rejected after "
-                "authorization, %d failed authentications (%.2fs)",
-                instance,
-                start.isoformat(),
-                now.isoformat(),
-                summary.events,
-                summary.logins,
-                len(summary.last_login),
-                sum(summary.rejected.values()),
-                sum(summary.failed_auth.values()),
-                time.monotonic() - started,
+                "ingest: %d streams of %s read in %.2fs",
+                len(summaries),
+                streams.cluster_id or "the cluster",
+                elapsed,
             )
+        sessions = self._scan_sessions(conn)
         with conn.transaction():
             state.take_action_lock(conn, self.schema, self.lease_run_id)
             result.rows_advanced = state.apply_logins(conn, self.schema, total.last_login)
-            result.active_sessions = state.touch_active_sessions(
-                conn, self.schema, state.active_session_oids(conn)
-            )
+            result.active_sessions = state.touch_active_sessions(conn, self.schema, sessions.oids)
+            result.first_ingest = state.end_first_ingest(conn, self.schema)
+            state.save_pending_logins(conn, self.schema, pending)
             state.save_watermarks(conn, self.schema, new_marks)
+            state.record_retention_gaps(conn, self.schema, result.retention_gaps)
         result.users_seen = len(total.last_login)
         result.failed_auth = dict(total.failed_auth)
         result.rejected = dict(total.rejected)
+        result.pending_logins = len(pending)
+        result.session_errors = sessions.errors
         log.info(
-            "ingest: %d users logged in, %d last-login times moved forward, %d users with open sessions",
+            "ingest: %d users logged in, %d last-login times moved forward, %d roles on their first "
+            "ingest, %d users with open sessions (on %s), %d logins still settling (their roles are "
+            "kept this run)",
             result.users_seen,
             result.rows_advanced,
+            result.first_ingest,
             len(result.active_sessions),
+            ", ".join(sessions.read) or "no instance",
+            len(pending),
         )
+        for gap in result.retention_gaps.values():
+            log.warning("retention gap: %s", gap)
+        if unreadable:
+            raise LogSourceError(
+                "the connection logs of Global Database secondary cluster(s) could not be read: "
+                + "; ".join(f"{c}: {e}" for c, e in sorted(unreadable.items()))
+                + ". Roles used only there would look inactive, so this run stops before planning; "
+                "the primary's logins were applied. Fix access to the secondary's log group (region, "
+                "IAM logs:FilterLogEvents) or list global_secondaries explicitly, then re-run."
+            )
         return result
+
+    def _stream_keys(self, instances: Sequence[str]) -> list[str]:
+        """Every log stream this engine reads, as its watermark is keyed."""
+        return [*instances, *(s.key(i) for s in self.secondaries for i in s.instances)]
 
     def _plan(
         self, conn: psycopg.Connection, instances: Sequence[str] | None, as_of: datetime | None
     ) -> Plan:
         now = state.db_now(conn)
         as_of = as_of or now
+        sessions = self._scan_sessions(conn)
         plan = make_plan(
             state.fetch_states(conn, self.schema),
             state.fetch_roles(conn, self.settings.exempt_groups),
             self.exclusions(conn),
             self.settings.thresholds(),
             as_of,
-            state.active_session_oids(conn),
+            sessions.oids,
+            state.fetch_pending_logins(conn, self.schema),
         )
+        plan.refuse(session_error(sessions.errors))
         if instances is not None:
             marks = state.fetch_watermarks(conn, self.schema)
-            last_events = {i: (marks[i].last_event if i in marks else None) for i in instances}
-            gap = log_gap_error(last_events, now, self.settings.max_log_gap)
-            if gap is not None:
-                plan.guard_error = gap
+            keys = self._stream_keys(instances)
+            last_events = {k: (marks[k].last_event if k in marks else None) for k in keys}
+            plan.refuse(log_gap_error(last_events, now, self.settings.max_log_gap))
+            gaps = {k: marks[k].retention_gap for k in keys if k in marks and marks[k].retention_gap}
+            if gaps and self.override_retention:
+                log.warning("retention gaps overridden for this run (trigger conf): %s", gaps)
+            else:
+                plan.refuse(retention_error(cast(dict[str, str], gaps)))
         log.info(
-            "plan at %s: %d candidates; lock %d%s; delete %d%s; kept (open session) %d%s; excluded %d",
+            "plan at %s: %d candidates; lock %d%s; delete %d%s; kept (open session) %d%s; "
+            "kept (login still settling) %d%s; excluded %d",
             as_of.isoformat(),
             plan.candidates,
             len(plan.lock),
@@ -385,6 +539,8 @@ class Engine:
             _names([p.name for p in plan.delete]),
             len(plan.kept_active_session),
             _names(plan.kept_active_session),
+            len(plan.kept_pending_login),
+            _names(plan.kept_pending_login),
             len(plan.excluded),
         )
         if plan.guard_error:

@@ -97,6 +97,27 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
         # (about 4x faster for 100,000 users). Pages already full keep their rows until they move.
         ("ALTER TABLE {s}.user_login_status SET (fillfactor = 50)",),
     ),
+    (
+        4,
+        "first-ingest logins, pending logins, unresolved retention gaps",
+        (
+            # A role first seen by sync takes the latest login its first ingest reads (the
+            # lookback window), not the time sync saw it; now() only when the log shows none.
+            "ALTER TABLE {s}.user_login_status "
+            "ADD COLUMN first_ingest_pending boolean NOT NULL DEFAULT false",
+            # Logins still inside the settle window at the last ingest: not yet counted, but their
+            # roles are not locked or dropped until they are (replaced by every ingest).
+            """CREATE TABLE {s}.pending_login (
+                user_name text PRIMARY KEY,
+                login_time timestamptz NOT NULL,
+                instance_name text NOT NULL,
+                recorded_at timestamptz NOT NULL DEFAULT now()
+            )""",
+            # Why logins of an instance may have aged out of its log group before they were read;
+            # set by ingest, cleared only by a run with override_retention (recorded in history).
+            "ALTER TABLE {s}.user_login_job_status ADD COLUMN retention_gap text",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1][0]

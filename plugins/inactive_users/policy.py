@@ -16,9 +16,32 @@ LOCKED = "Locked"
 READY_TO_DELETE = "ReadyToDelete"
 STATUSES = (ACTIVE, LOCKED, READY_TO_DELETE)
 
-#: Roles the job never touches whatever the configuration says.
-ALWAYS_PROTECTED = frozenset({"rdsadmin", "rdsrepladmin", "rds_superuser", "postgres_fdw_user"})
-_RESERVED_PREFIXES = ("rds_", "pg_")
+#: Login roles that RDS / Aurora create for their own use: never tracked, locked or dropped,
+#: whatever the configuration says. Touching one can break the cluster's management, replication
+#: or failover; protecting a name that turns out to be ordinary costs nothing. Where each comes from:
+CLOUD_ROLES: dict[str, str] = {
+    # the instance's owner and RDS's own administration login (every RDS / Aurora PostgreSQL)
+    "rdsadmin": "RDS administration role",
+    # RDS's replication login for read replicas and Multi-AZ standbys
+    "rdsrepladmin": "RDS replication role",
+    # RDS / Aurora topology manager (Multi-AZ DB clusters, blue/green switchover); a login role,
+    # not a superuser
+    "rdstopmgr": "RDS topology manager role",
+    # Aurora PostgreSQL write forwarding from reader instances and secondary regions (14.9+ / 15.4+)
+    "rdswriteforwarduser": "Aurora write forwarding role",
+    # RDS Proxy's administrative login, where a proxy manages the database (uncertain: protected)
+    "rdsproxyadmin": "RDS Proxy administration role",
+    # RDS's privileged group, granted to the master user
+    "rds_superuser": "RDS superuser group",
+    # created by the postgres_fdw set-up of some RDS versions (kept from the AWS sample's list)
+    "postgres_fdw_user": "RDS postgres_fdw role",
+}
+ALWAYS_PROTECTED = frozenset(CLOUD_ROLES)
+#: Prefixes reserved for roles of the cloud and of PostgreSQL itself: ``rds_*`` (rds_iam,
+#: rds_replication, rds_password, rds_ad, ...), ``pg_*`` (PostgreSQL's predefined roles), and any
+#: other name that starts with ``rds`` (RDS adds new internal logins of that form, e.g.
+#: rdstopmgr and rdswriteforwarduser came later than rdsadmin).
+_RESERVED_PREFIXES = ("rds_", "pg_", "rds")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,15 +90,24 @@ class Exclusions:
         )
 
 
+def cloud_role_reason(name: str) -> str | None:
+    """Why a role belongs to RDS / Aurora or PostgreSQL itself, or None for anyone else's role."""
+    if name in CLOUD_ROLES:
+        return f"reserved RDS role ({CLOUD_ROLES[name]})"
+    prefix = next((p for p in _RESERVED_PREFIXES if name.startswith(p)), None)
+    return None if prefix is None else f"reserved name prefix {prefix!r}"
+
+
 def exclusion_reason(role: RoleInfo, ex: Exclusions) -> str | None:
     """Why this role must never be acted on, or None if it may be managed."""
     name = role.name
-    if name in ALWAYS_PROTECTED:
-        return "reserved RDS role"
+    if name in CLOUD_ROLES:
+        return cloud_role_reason(name)
     if name in ex.protected:
         return "master or job user"
-    if name.startswith(_RESERVED_PREFIXES):
-        return "reserved name prefix"
+    cloud = cloud_role_reason(name)
+    if cloud is not None:
+        return cloud
     if role.superuser and not ex.include_superusers:
         return "superuser"
     if name in ex.users:
@@ -133,8 +165,14 @@ class Plan:
     lock: list[Planned] = field(default_factory=list)
     delete: list[Planned] = field(default_factory=list)
     kept_active_session: list[str] = field(default_factory=list)
+    kept_pending_login: list[str] = field(default_factory=list)
     excluded: dict[str, str] = field(default_factory=dict)
     guard_error: str | None = None
+
+    def refuse(self, reason: str | None) -> None:
+        """Add a reason not to act (each guard says its own; all of them are reported)."""
+        if reason:
+            self.guard_error = f"{self.guard_error} {reason}" if self.guard_error else reason
 
     @property
     def new_actions(self) -> int:
@@ -149,11 +187,13 @@ def make_plan(
     thresholds: Thresholds,
     as_of: datetime,
     active_sessions: Collection[int] = frozenset(),
+    pending_logins: Collection[str] = frozenset(),
 ) -> Plan:
     """Decide which tracked roles to lock and which to drop (or flag) at ``as_of``.
 
     A role is acted on only if it still exists with the tracked OID, is not excluded by any rule,
-    and has no session open now.
+    has no session open now on any instance, and has no login still waiting to be counted
+    (``pending_logins``: inside the settle window, its FATAL may not have arrived yet).
     """
     plan = Plan(as_of=as_of, candidates=0)
     for st in states:
@@ -167,6 +207,9 @@ def make_plan(
         plan.candidates += 1
         if role.oid in active_sessions:
             plan.kept_active_session.append(st.name)
+            continue
+        if st.name in pending_logins:
+            plan.kept_pending_login.append(st.name)
             continue
         inactive = as_of - st.last_login
         item = Planned(st.name, role.oid, st.last_login, inactive.days, st.status)
@@ -193,6 +236,56 @@ def _guard(plan: Plan, t: Thresholds) -> str | None:
         f"candidate roles ({ratio:.0%}), more than max_action_ratio={t.max_action_ratio:.0%}. "
         "Check that connection logs are complete; if the plan is right, re-run with the guard "
         "overridden (override_guard) or raise max_action_ratio."
+    )
+
+
+def retention_gap(
+    instance: str,
+    last_read: datetime,
+    now: datetime,
+    overlap: timedelta,
+    retention_days: int | None,
+    log_group: str,
+) -> str | None:
+    """Why logins between an instance's last read and now may have expired unread, or None.
+
+    The next read starts at ``last_read - overlap``; CloudWatch keeps only ``retention_days``.
+    """
+    if retention_days is None:
+        return None
+    kept_from = now - timedelta(days=retention_days)
+    if last_read - overlap >= kept_from:
+        return None
+    return (
+        f"{instance}: last read up to {last_read.isoformat(timespec='seconds')} "
+        f"({(now - last_read).total_seconds() / 86400:.1f} days ago), but log group {log_group} keeps "
+        f"events for {retention_days} days, so logins before {kept_from.isoformat(timespec='seconds')} "
+        "may have been deleted unread"
+    )
+
+
+def retention_error(gaps: Mapping[str, str]) -> str | None:
+    """The guard message for recorded retention gaps, with the way out."""
+    if not gaps:
+        return None
+    return (
+        "retention guard: " + "; ".join(gaps[i] for i in sorted(gaps)) + ". A role that logged in only "
+        "then would look inactive. Nothing was locked or deleted. If that is acceptable (or the roles "
+        'were checked), trigger once with {"override_retention": true}; the override is recorded in '
+        "action_history."
+    )
+
+
+def session_error(errors: Mapping[str, str]) -> str | None:
+    """The guard message for instances whose open sessions could not be read."""
+    if not errors:
+        return None
+    return (
+        "session guard: open sessions could not be read on "
+        + "; ".join(f"{i}: {errors[i]}" for i in sorted(errors))
+        + ". A role whose only sign of life is a session there would look inactive, so nothing was "
+        "locked or deleted. Fix the instance's reachability (instance_endpoints, security group, the "
+        "job user's access) and re-run."
     )
 
 

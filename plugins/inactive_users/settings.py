@@ -35,6 +35,10 @@ class EngineSettings:
     max_log_gap_hours: float = 48
     page_size: int = 10_000
     settle_seconds: int = 60
+    # FilterLogEvents is limited per account and region (5 requests/s in the strictest regions,
+    # shared by every DAG): a run sends at most this many, from at most this many threads.
+    logs_requests_per_second: float = 5
+    logs_max_concurrency: int = 4
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -64,6 +68,13 @@ class EngineSettings:
                 raise SettingsError(f"{key} must be a positive number, got {value!r}")
         if not _is_int(self.page_size) or not 1 <= self.page_size <= 10_000:
             raise SettingsError(f"page_size must be between 1 and 10000, got {self.page_size!r}")
+        rps = self.logs_requests_per_second
+        if not isinstance(rps, int | float) or isinstance(rps, bool) or not 0 < rps <= 100:
+            raise SettingsError(f"logs_requests_per_second must be a number in (0, 100], got {rps!r}")
+        if not _is_int(self.logs_max_concurrency) or not 1 <= self.logs_max_concurrency <= 32:
+            raise SettingsError(
+                f"logs_max_concurrency must be a whole number from 1 to 32, got {self.logs_max_concurrency!r}"
+            )
         if self.overlap_minutes * 60 < self.settle_seconds:
             raise SettingsError(
                 f"overlap_minutes ({self.overlap_minutes}) must cover settle_seconds ({self.settle_seconds})"

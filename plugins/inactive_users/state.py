@@ -176,11 +176,16 @@ matched AS (
     LEFT JOIN cand c1 ON c1.oid = u.role_oid
     LEFT JOIN cand c2 ON u.role_oid IS NULL AND c2.name = u.user_name
 ),
+excluded AS (
+    SELECT * FROM unnest(%(excluded_oids)b::oid[], %(excluded_reasons)b::text[]) AS x(oid, reason)
+),
 removed AS (
     DELETE FROM {status} u USING matched m
     WHERE u.user_name = m.user_name AND m.c_oid IS NULL
     RETURNING u.user_name, u.role_oid,
-              CASE WHEN EXISTS (SELECT 1 FROM pg_roles r WHERE r.oid = u.role_oid)
+              CASE WHEN EXISTS (SELECT 1 FROM excluded x WHERE x.oid = u.role_oid)
+                   THEN 'excluded: ' || (SELECT x.reason FROM excluded x WHERE x.oid = u.role_oid)
+                   WHEN EXISTS (SELECT 1 FROM pg_roles r WHERE r.oid = u.role_oid)
                    THEN 'no longer a candidate (cannot log in, or excluded)'
                    ELSE 'role no longer exists' END AS reason
 ),
@@ -207,8 +212,8 @@ updated AS (
               c.role_oid IS NULL AS adopted, c.unlocked
 ),
 added AS (
-    INSERT INTO {status} (user_name, last_login_time, status, role_oid, status_reason)
-    SELECT c.name, now(), 'Active', c.oid, 'new role'
+    INSERT INTO {status} (user_name, last_login_time, status, role_oid, status_reason, first_ingest_pending)
+    SELECT c.name, now(), 'Active', c.oid, 'new role', true
     FROM cand c
     WHERE NOT EXISTS (SELECT 1 FROM matched m WHERE m.c_oid = c.oid)
     RETURNING user_name, role_oid
@@ -235,8 +240,18 @@ SELECT action, user_name, detail->>'old_name' FROM events
 """
 
 
-def sync(conn: psycopg.Connection, schema: str, tracked: Sequence[RoleInfo], run_id: str) -> SyncResult:
-    """Make the status table list exactly ``tracked``; one round trip whatever their number."""
+def sync(
+    conn: psycopg.Connection,
+    schema: str,
+    tracked: Sequence[RoleInfo],
+    run_id: str,
+    excluded: Mapping[int, str] | None = None,
+) -> SyncResult:
+    """Make the status table list exactly ``tracked``; one round trip whatever their number.
+
+    ``excluded`` (OID: reason) says why a tracked row leaves, in its history row.
+    """
+    excluded = excluded or {}
     query = sql.SQL(_SYNC_SQL).format(
         status=t(schema, "user_login_status"), history=t(schema, "action_history")
     )
@@ -247,6 +262,8 @@ def sync(conn: psycopg.Connection, schema: str, tracked: Sequence[RoleInfo], run
             "names": [r.name for r in tracked],
             "can_login": [r.can_login for r in tracked],
             "conn_limit": [r.conn_limit for r in tracked],
+            "excluded_oids": list(excluded),
+            "excluded_reasons": list(excluded.values()),
             "run_id": run_id,
         },
     ).fetchall()
@@ -268,6 +285,9 @@ def sync(conn: psycopg.Connection, schema: str, tracked: Sequence[RoleInfo], run
 def apply_logins(conn: psycopg.Connection, schema: str, logins: Mapping[str, datetime]) -> int:
     """``last_login_time = GREATEST(old, seen)`` for all users at once; returns rows moved forward.
 
+    A role on its first ingest (``first_ingest_pending``) takes the login as it is, even an older
+    one than the time sync first saw it: the lookback window shows its real last login.
+
     ``logins`` maps user names to aware datetimes. They travel in binary: COPY into a temporary
     table, then one ``UPDATE ... FROM`` (text arrays cost more than the update itself: formatting
     and parsing 100,000 timestamps takes about 0.4 s; binary arrays cost about 0.1 s more than COPY,
@@ -280,8 +300,9 @@ def apply_logins(conn: psycopg.Connection, schema: str, logins: Mapping[str, dat
     if not logins:
         return 0
     apply = sql.SQL(
-        "UPDATE {} u SET last_login_time = l.seen, updated_at = now() FROM {} AS l(user_name, seen) "
-        "WHERE u.user_name = l.user_name AND l.seen > u.last_login_time"
+        "UPDATE {} u SET last_login_time = l.seen, first_ingest_pending = false, updated_at = now() "
+        "FROM {} AS l(user_name, seen) "
+        "WHERE u.user_name = l.user_name AND (l.seen > u.last_login_time OR u.first_ingest_pending)"
     )
     status = t(schema, "user_login_status")
     with conn.transaction():  # a savepoint in the caller's transaction; its own one in autocommit
@@ -318,20 +339,93 @@ def touch_active_sessions(conn: psycopg.Connection, schema: str, oids: Collectio
     return [r[0] for r in rows]
 
 
+def end_first_ingest(conn: psycopg.Connection, schema: str) -> int:
+    """Roles whose first ingest is done keep ``GREATEST`` from now on (their time stays now())."""
+    return conn.execute(
+        sql.SQL("UPDATE {} SET first_ingest_pending = false WHERE first_ingest_pending").format(
+            t(schema, "user_login_status")
+        )
+    ).rowcount
+
+
+def save_pending_logins(
+    conn: psycopg.Connection, schema: str, pending: Mapping[str, tuple[datetime, str]]
+) -> None:
+    """Replace the logins still inside the settle window: (user: (login time, instance))."""
+    table = t(schema, "pending_login")
+    conn.execute(sql.SQL("DELETE FROM {}").format(table))
+    if pending:
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (user_name, login_time, instance_name) "
+                "SELECT * FROM unnest(%s::text[], %s::timestamptz[], %s::text[])"
+            ).format(table),
+            [list(pending), [p[0] for p in pending.values()], [p[1] for p in pending.values()]],
+        )
+
+
+def fetch_pending_logins(conn: psycopg.Connection, schema: str) -> dict[str, datetime]:
+    rows = conn.execute(
+        sql.SQL("SELECT user_name, login_time FROM {}").format(t(schema, "pending_login"))
+    ).fetchall()
+    return {r[0]: r[1] for r in rows}
+
+
 @dataclass(frozen=True)
 class Watermark:
     instance: str
     last_processed: datetime
     last_event: datetime | None
+    retention_gap: str | None = None  # why logins may be missing; cleared only by an override
 
 
 def fetch_watermarks(conn: psycopg.Connection, schema: str) -> dict[str, Watermark]:
     rows = conn.execute(
-        sql.SQL("SELECT instance_name, last_processed_time, last_event_time FROM {}").format(
+        sql.SQL("SELECT instance_name, last_processed_time, last_event_time, retention_gap FROM {}").format(
             t(schema, "user_login_job_status")
         )
     ).fetchall()
-    return {r[0]: Watermark(r[0], r[1], r[2]) for r in rows}
+    return {r[0]: Watermark(r[0], r[1], r[2], r[3]) for r in rows}
+
+
+def record_retention_gaps(conn: psycopg.Connection, schema: str, gaps: Mapping[str, str]) -> None:
+    """Keep the first unresolved gap of each instance until a run overrides it."""
+    if gaps:
+        conn.execute(
+            sql.SQL(
+                "UPDATE {} AS j SET retention_gap = coalesce(j.retention_gap, g.gap) "
+                "FROM unnest(%s::text[], %s::text[]) AS g(instance, gap) WHERE j.instance_name = g.instance"
+            ).format(t(schema, "user_login_job_status")),
+            [list(gaps), list(gaps.values())],
+        )
+
+
+def clear_retention_gaps(conn: psycopg.Connection, schema: str, run_id: str) -> dict[str, str]:
+    """A DBA's override: forget every recorded gap, with a history row per instance saying so."""
+    rows = conn.execute(
+        sql.SQL(
+            "UPDATE {} AS j SET retention_gap = NULL FROM {} AS old "
+            "WHERE j.instance_name = old.instance_name AND old.retention_gap IS NOT NULL "
+            "RETURNING j.instance_name, old.retention_gap"
+        ).format(t(schema, "user_login_job_status"), t(schema, "user_login_job_status"))
+    ).fetchall()
+    gaps = {r[0]: r[1] for r in rows}
+    record_history(
+        conn,
+        schema,
+        run_id,
+        [
+            (
+                "override_retention",
+                instance,
+                None,
+                "trigger conf override_retention: logins may have aged out of the log",
+                {"instance": instance, "gap": gap},
+            )
+            for instance, gap in gaps.items()
+        ],
+    )
+    return gaps
 
 
 def save_watermarks(conn: psycopg.Connection, schema: str, marks: Iterable[Watermark]) -> None:

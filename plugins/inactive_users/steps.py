@@ -21,14 +21,16 @@ from dataclasses import asdict
 from datetime import timedelta
 from typing import Any
 
-from inactive_users import alerts
+from inactive_users import alerts, topology
 from inactive_users.actions import ActionReport, Outcome
 from inactive_users.cloudwatch import LogSourceError
 from inactive_users.config import ClusterConfig, ConfigError, RunOptions, run_options
-from inactive_users.engine import Engine, SafetyGuardError
+from inactive_users.engine import Engine, LogStreams, SafetyGuardError
+from inactive_users.instances import Connect, airflow_connector
 from inactive_users.policy import Plan
 from inactive_users.settings import SettingsError
 from inactive_users.state import ConcurrentRunError
+from inactive_users.topology import ClusterView, TopologyError
 
 log = logging.getLogger("inactive_users")
 
@@ -52,6 +54,7 @@ PERMANENT = (
     ConcurrentRunError,
     PreflightError,
     PlanRecordError,
+    TopologyError,
 )
 
 
@@ -74,9 +77,14 @@ def options(cluster: ClusterConfig, context: Mapping[str, Any]) -> RunOptions:
 
 
 def engine(
-    cluster: ClusterConfig, context: Mapping[str, Any], opts: RunOptions, master_user: str | None
+    cluster: ClusterConfig,
+    context: Mapping[str, Any],
+    opts: RunOptions,
+    master_user: str | None,
+    topology: Mapping[str, Any] | None = None,
 ) -> Engine:
-    return Engine.from_airflow(
+    """The run's engine; with preflight's ``topology``, it reads every instance and secondary."""
+    eng = Engine.from_airflow(
         cluster.postgres_conn_id,
         opts.settings,
         run_id=str(context["run_id"]),
@@ -87,6 +95,41 @@ def engine(
         log_group=cluster.log_group,
         use_lease=not opts.settings.dry_run,
     )
+    eng.override_retention = opts.override_retention
+    if topology is not None:
+        primary = ClusterView.from_json(topology["primary"])
+        secondaries = [ClusterView.from_json(s) for s in topology["secondaries"]]
+        eng.sessions = _session_connectors(cluster, primary, secondaries)
+        eng.secondaries = tuple(_secondary_logs(cluster, opts, s) for s in secondaries)
+    return eng
+
+
+def _session_connectors(
+    cluster: ClusterConfig, primary: ClusterView, secondaries: Sequence[ClusterView]
+) -> dict[str, Connect | None]:
+    """Every instance's session reader, keyed as its watermark is (secondaries: ``cluster/instance``)."""
+    found: dict[str, Connect | None] = {}
+    for view in [primary, *secondaries]:
+        for instance in view.instances:
+            key = instance if view is primary else f"{view.cluster_id}/{instance}"
+            endpoint = view.endpoints.get(instance)
+            found[key] = None if endpoint is None else airflow_connector(cluster.postgres_conn_id, endpoint)
+    return found
+
+
+def _secondary_logs(cluster: ClusterConfig, opts: RunOptions, view: ClusterView) -> LogStreams:
+    from inactive_users.cloudwatch import CloudWatchLogins
+
+    source = CloudWatchLogins(
+        view.cluster_id,
+        cluster.aws_conn_id,
+        view.region_name,
+        page_size=opts.settings.page_size,
+        log_group=view.log_group,
+        requests_per_second=opts.settings.logs_requests_per_second,
+        max_concurrency=opts.settings.logs_max_concurrency,
+    )
+    return LogStreams(view.cluster_id, source, tuple(view.instances))
 
 
 def _preflight_result(context: Mapping[str, Any]) -> dict[str, Any]:
@@ -102,7 +145,7 @@ def _from_preflight(
     """The run's engine, with its lease renewed: a run that dies holds the cluster only briefly."""
     pre = _preflight_result(context)
     opts = options(cluster, context)
-    eng = engine(cluster, context, opts, pre.get("master_user"))
+    eng = engine(cluster, context, opts, pre.get("master_user"), pre.get("topology"))
     if not opts.settings.dry_run:
         eng.acquire_lease(timedelta(hours=cluster.lease_hours))
     return eng, opts, list(pre["instances"])
@@ -166,12 +209,10 @@ def preflight(cluster: ClusterConfig, context: Mapping[str, Any]) -> dict[str, A
         opts = options(cluster, context)
         for key, source in sorted(opts.sources.items()):
             log.info("setting %s = %r (from %s)", key, opts.value(key), source)
-        if cluster.instances is not None:
-            instances, master_user = list(cluster.instances), cluster.master_user
-            log.info("instances from config (no DescribeDBClusters): %s", instances)
-        else:
-            instances, master_user = describe_cluster(cluster)
-        eng = engine(cluster, context, opts, master_user)
+        primary, secondaries = topology.describe(cluster)
+        instances, master_user = primary.instances, primary.master_user
+        layout = {"primary": primary.to_json(), "secondaries": [v.to_json() for v in secondaries]}
+        eng = engine(cluster, context, opts, master_user, layout)
         log_connections = eng.check_log_connections()
         log.info("log_connections = %s", log_connections)
         if opts.settings.dry_run:
@@ -185,50 +226,10 @@ def preflight(cluster: ClusterConfig, context: Mapping[str, Any]) -> dict[str, A
     return {
         "instances": instances,
         "master_user": master_user,
+        "topology": layout,
         "log_connections": log_connections,
         "dry_run": opts.settings.dry_run,
     }
-
-
-def describe_cluster(cluster: ClusterConfig) -> tuple[list[str], str | None]:
-    """Members (writer first) and master user of the Aurora cluster; checks the log export."""
-    from airflow.providers.amazon.aws.hooks.rds import RdsHook
-    from botocore.exceptions import ClientError
-
-    client = RdsHook(aws_conn_id=cluster.aws_conn_id, region_name=cluster.region_name).conn
-    try:
-        found = client.describe_db_clusters(DBClusterIdentifier=cluster.cluster_id)["DBClusters"]
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") == "DBClusterNotFoundFault":
-            raise PreflightError(
-                f"DB cluster {cluster.cluster_id!r} not found in region {client.meta.region_name}: check "
-                "cluster_id and region_name (or set 'instances' for RDS / self-managed PostgreSQL)"
-            ) from None
-        raise
-    info = found[0]
-    exports = info.get("EnabledCloudwatchLogsExports") or []
-    if "postgresql" not in exports:
-        raise PreflightError(
-            f"cluster {cluster.cluster_id!r} does not export its PostgreSQL log to CloudWatch Logs "
-            f"(EnabledCloudwatchLogsExports={exports}). Fix: aws rds modify-db-cluster "
-            f"--db-cluster-identifier {cluster.cluster_id} --cloudwatch-logs-export-configuration "
-            '\'{"EnableLogTypes":["postgresql"]}\''
-        )
-    members = sorted(
-        info.get("DBClusterMembers") or [],
-        key=lambda m: (not m.get("IsClusterWriter"), m["DBInstanceIdentifier"]),
-    )
-    instances = [m["DBInstanceIdentifier"] for m in members]
-    if not instances:
-        raise PreflightError(f"cluster {cluster.cluster_id!r} has no instances to read logs from")
-    master_user = info.get("MasterUsername")
-    log.info(
-        "cluster %s: instances %s (writer first), master user %r excluded",
-        cluster.cluster_id,
-        instances,
-        master_user,
-    )
-    return instances, master_user
 
 
 def sync_roles(cluster: ClusterConfig, context: Mapping[str, Any]) -> dict[str, Any]:
