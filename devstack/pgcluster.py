@@ -8,6 +8,7 @@ root, PostgreSQL refuses to start, so the binaries run as an unprivileged OS use
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import pwd
 import shutil
@@ -15,7 +16,8 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +26,8 @@ import psycopg
 
 AURORA_PREFIX = "%t:%r:%u@%d:[%p]:"
 SUPERUSER = "postgres"
+# What pg_basebackup -R writes into the standby's postgresql.auto.conf, kept when we rewrite it.
+_RECOVERY_SETTINGS = ("primary_conninfo", "primary_slot_name")
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,17 @@ def embedded_binaries() -> PgBinaries:
     return PgBinaries(_server_major(bin_dir), bin_dir)
 
 
+def pgserver_binaries() -> PgBinaries | None:
+    """PostgreSQL 16 from the pgserver wheel, if installed (located without importing it)."""
+    spec = importlib.util.find_spec("pgserver")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    bin_dir = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+    if not (bin_dir / "postgres").exists():
+        return None
+    return PgBinaries(_server_major(bin_dir), bin_dir)
+
+
 def system_binaries() -> list[PgBinaries]:
     """PostgreSQL server binaries installed by the OS (Debian layout), if any."""
     found = []
@@ -57,7 +72,8 @@ def system_binaries() -> list[PgBinaries]:
 def available_binaries() -> list[PgBinaries]:
     """One set of binaries per distinct major version, embedded first."""
     seen: dict[int, PgBinaries] = {}
-    for b in [embedded_binaries(), *system_binaries()]:
+    pgserver = pgserver_binaries()
+    for b in [embedded_binaries(), *([pgserver] if pgserver else []), *system_binaries()]:
         seen.setdefault(b.version, b)
     return list(seen.values())
 
@@ -100,6 +116,8 @@ class PgCluster:
     timezone: str = "UTC"
     extra_conf: dict[str, str] = field(default_factory=dict)
     os_user: str | None = None
+    primary: PgCluster | None = field(default=None, repr=False)
+    """Set on a hot standby (see :meth:`create_standby`): the cluster it streams from."""
 
     @property
     def datadir(self) -> Path:
@@ -138,11 +156,12 @@ class PgCluster:
         """The server log as written so far (logging collector output)."""
         return self.logfile.read_text(encoding="utf-8", errors="replace").splitlines()
 
-    def _run(self, args: list[str]) -> None:
+    def _run(self, args: list[str], env: dict[str, str] | None = None) -> None:
         subprocess.run(
             args,
             check=True,
             user=self.os_user,
+            env=None if env is None else {**os.environ, **env},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -192,6 +211,9 @@ class PgCluster:
             "full_page_writes": "off",
             "max_connections": "100",
             "shared_buffers": "32MB",
+            # The defaults, spelled out: every cluster can serve a streaming standby.
+            "wal_level": "replica",
+            "max_wal_senders": "10",
             **self.extra_conf,
         }
         conf = "".join(f"{k} = {v}\n" for k, v in settings.items())
@@ -227,6 +249,122 @@ class PgCluster:
         with self.connect() as conn:
             conn.execute("SELECT pg_reload_conf()")
 
+    def create_standby(self, timeout: float = 60.0) -> PgCluster:
+        """A streaming-replication hot standby of this (running) cluster, started and caught up.
+
+        ``pg_basebackup -R -X stream`` as the OS user, then the standby's own
+        ``postgresql.auto.conf``: its own port, socket dir and log file, the same logging settings
+        as this cluster, ``hot_standby = on`` and the ``primary_conninfo`` that ``-R`` wrote.
+        Returns once the standby's WAL receiver is streaming and a row written here is visible
+        there.  Stop it and remove its ``root`` like any other cluster.
+        """
+        deadline = time.monotonic() + timeout
+        standby = PgCluster(
+            self.binaries,
+            _new_root(f"iu-{self.binaries.label}-standby-"),
+            free_port(),
+            self.password,
+            timezone=self.timezone,
+            extra_conf=dict(self.extra_conf),
+            os_user=self.os_user,
+            primary=self,
+        )
+        try:
+            (standby.root / "log").mkdir()
+            (standby.root / "sock").mkdir()
+            standby.chown_tree()
+            standby._run(
+                [
+                    str(self.binaries.bin_dir / "pg_basebackup"),
+                    "--host=127.0.0.1",
+                    f"--port={self.port}",
+                    f"--username={SUPERUSER}",
+                    "--no-password",
+                    "-D",
+                    str(standby.datadir),
+                    "-R",
+                    "-X",
+                    "stream",
+                    "--checkpoint=fast",
+                    "--no-sync",
+                ],
+                env={"PGPASSWORD": self.password},
+            )
+            recovery = _read_auto_conf(standby.datadir / "postgresql.auto.conf")
+            if "primary_conninfo" not in recovery:
+                raise RuntimeError("pg_basebackup -R wrote no primary_conninfo")
+            standby.extra_conf.update(
+                {"hot_standby": "on", **{k: v for k, v in recovery.items() if k in _RECOVERY_SETTINGS}}
+            )
+            standby.write_conf()
+            standby.start()
+            standby._wait_streaming(deadline)
+            standby._wait_probe_row(deadline)
+            standby.wait_caught_up(max(deadline - time.monotonic(), 1.0))
+        except BaseException:
+            try:
+                standby.stop("immediate")
+            finally:
+                shutil.rmtree(standby.root, ignore_errors=True)
+            raise
+        return standby
+
+    def wait_caught_up(self, timeout: float = 30.0) -> None:
+        """On a standby: wait until everything committed on the primary so far is replayed here.
+
+        Writes a transactional WAL message on the primary with ``synchronous_commit = on`` (so it
+        and all WAL before it are flushed and sent, whatever the cluster's own setting), then
+        polls ``pg_last_wal_replay_lsn()`` here until it has passed that message.
+        """
+        if self.primary is None:
+            raise RuntimeError(f"{self.root} is not a standby")
+        with self.primary.connect() as conn:
+            conn.execute("SET synchronous_commit = on")
+            row = conn.execute(
+                "SELECT pg_logical_emit_message(true, 'inactive_users.standby', 'catch-up')::text"
+            ).fetchone()
+        assert row is not None
+        lsn = row[0]
+
+        def replayed() -> bool:
+            with self.connect() as conn:
+                got = conn.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (lsn,)).fetchone()
+            return bool(got and got[0])
+
+        _poll(replayed, time.monotonic() + timeout, f"standby {self.port} to replay up to {lsn}")
+
+    def _wait_streaming(self, deadline: float) -> None:
+        def streaming() -> bool:
+            with self.connect() as conn:
+                row = conn.execute("SELECT status FROM pg_stat_wal_receiver").fetchone()
+            return row is not None and row[0] == "streaming"
+
+        _poll(streaming, deadline, f"standby {self.port} to stream from its primary")
+
+    def _wait_probe_row(self, deadline: float) -> None:
+        """A row written on the primary, read back here, then dropped again on the primary."""
+        assert self.primary is not None
+        token = uuid.uuid4().hex
+        table = f"iu_standby_probe_{token[:12]}"
+        with self.primary.connect() as conn:
+            conn.execute("SET synchronous_commit = on")  # sent now, not at the WAL writer's next round
+            conn.execute(f"CREATE TABLE {table} (token text)")
+            conn.execute(f"INSERT INTO {table} VALUES (%s)", (token,))
+        try:
+
+            def visible() -> bool:
+                try:
+                    with self.connect() as conn:
+                        row = conn.execute(f"SELECT token FROM {table}").fetchone()
+                except psycopg.errors.UndefinedTable:
+                    return False
+                return row is not None and row[0] == token
+
+            _poll(visible, deadline, f"a row written on the primary to show on standby {self.port}")
+        finally:
+            with self.primary.connect() as conn:
+                conn.execute(f"DROP TABLE IF EXISTS {table}")
+
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + 30
         while True:
@@ -253,6 +391,23 @@ class PgCluster:
                 os.chown(os.path.join(dirpath, name), pw.pw_uid, pw.pw_gid)
 
 
+def _poll(check: Callable[[], bool], deadline: float, what: str) -> None:
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def _read_auto_conf(path: Path) -> dict[str, str]:
+    """``key = value`` lines of a postgresql.auto.conf, values as written (quotes kept)."""
+    settings = {}
+    for line in path.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.lstrip().startswith("#"):
+            settings[key.strip()] = value.strip()
+    return settings
+
+
 def _new_root(prefix: str) -> Path:
     root = Path(tempfile.mkdtemp(prefix=prefix))
     root.chmod(0o755)
@@ -267,7 +422,21 @@ def create_template(binaries: PgBinaries, password: str) -> Path:
     (root / "sock").mkdir()
     cluster.chown_tree()
     cluster.initdb()
+    _allow_replication(cluster.datadir / "pg_hba.conf")
     return root
+
+
+def _allow_replication(hba: Path) -> None:
+    """Let the superuser open replication connections from 127.0.0.1 with scram (for standbys).
+
+    initdb's pg_hba.conf already has ``host replication all 127.0.0.1/32 <auth-host>``; this only
+    makes sure of it, so every cluster copied from the template can serve a standby.
+    """
+    wanted = [["host", "replication", user, "127.0.0.1/32", "scram-sha-256"] for user in ("all", SUPERUSER)]
+    if any(line.split("#", 1)[0].split() in wanted for line in hba.read_text().splitlines()):
+        return
+    with hba.open("a") as f:
+        f.write(f"host    replication     {SUPERUSER}        127.0.0.1/32            scram-sha-256\n")
 
 
 def cluster_from_template(
@@ -293,6 +462,19 @@ def cluster_from_template(
     cluster.write_conf()
     cluster.start()
     return cluster
+
+
+@contextmanager
+def running_standby(primary: PgCluster) -> Iterator[PgCluster]:
+    """A hot standby of ``primary`` (see :meth:`PgCluster.create_standby`), removed on exit."""
+    standby = primary.create_standby()
+    try:
+        yield standby
+    finally:
+        try:
+            standby.stop("immediate")
+        finally:
+            shutil.rmtree(standby.root, ignore_errors=True)
 
 
 @contextmanager

@@ -66,6 +66,17 @@ def pg(pg_binaries: PgBinaries, pg_template: Path) -> Iterator[PgCluster]:
         shutil.rmtree(cluster.root, ignore_errors=True)
 
 
+@pytest.fixture
+def pg_standby(pg: PgCluster) -> Iterator[PgCluster]:
+    """A streaming hot standby of ``pg``'s cluster: its own port, socket dir and log file."""
+    standby = pg.create_standby()
+    try:
+        yield standby
+    finally:
+        standby.stop("immediate")
+        shutil.rmtree(standby.root, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[MotoServer]:
     with MotoServer() as server:
