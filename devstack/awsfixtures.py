@@ -17,14 +17,20 @@ def create_aurora(
     master_user: str,
     exports: list[str],
     instances: int = 2,
+    global_cluster: str | None = None,
 ) -> list[str]:
-    """An aurora-postgresql cluster with ``instances`` members; returns their identifiers."""
+    """An aurora-postgresql cluster with ``instances`` members; returns their identifiers.
+
+    With ``global_cluster`` (an existing global cluster's id) it joins that Aurora Global Database;
+    the first cluster to join is its primary (moto marks a cluster writer only this way).
+    """
     rds.create_db_cluster(
         DBClusterIdentifier=cluster_id,
         Engine="aurora-postgresql",
         MasterUsername=master_user,
         MasterUserPassword="not-used-by-the-job",
         EnableCloudwatchLogsExports=exports,
+        **({"GlobalClusterIdentifier": global_cluster} if global_cluster else {}),
     )
     names = [f"{cluster_id}-instance-{i}" for i in range(1, instances + 1)]
     for name in names:

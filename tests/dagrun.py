@@ -17,13 +17,20 @@ class DagHarness:
     """An Aurora cluster in moto (two instances, log export on), an SNS topic with an SQS queue,
     and a config file naming them; ``run()`` executes the generated DAG end to end."""
 
-    def __init__(self, sc: Scenario, tmp_path: Path, **cluster_overrides: Any) -> None:
+    def __init__(
+        self, sc: Scenario, tmp_path: Path, *, global_cluster: str | None = None, **cluster_overrides: Any
+    ) -> None:
+        """``global_cluster``: make the cluster the primary of a new Aurora Global Database."""
         self.sc = sc
         self.rds = _client(sc, "rds")
         self.sns = _client(sc, "sns")
         self.sqs = _client(sc, "sqs")
         self.config_path = tmp_path / "inactive_users.yaml"
-        self.create_aurora(sc.cluster_id, exports=["postgresql"])
+        if global_cluster:
+            self.rds.create_global_cluster(GlobalClusterIdentifier=global_cluster, Engine="aurora-postgresql")
+        create_aurora(
+            self.rds, sc.cluster_id, master_user=MASTER, exports=["postgresql"], global_cluster=global_cluster
+        )
         self.topic_arn, self.queue_url = alert_topic_with_queue(self.sns, self.sqs, "dba-alerts", "dba-inbox")
         self.write_config(**cluster_overrides)
         sc.monkeypatch.setenv("INACTIVE_USERS_CONFIG", str(self.config_path))

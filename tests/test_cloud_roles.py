@@ -21,8 +21,7 @@ CLOUD_LOGINS = [
     "rdsproxyadmin",
     "rds_ad_sync",
     "rdsfuturething",
-    "pg_cloud_agent",
-]
+]  # pg_* names cannot be created (PostgreSQL reserves them); policy tests cover them
 
 
 def test_the_protected_list_names_where_each_role_comes_from() -> None:

@@ -154,7 +154,7 @@ def test_params_are_what_airflow_builds_from_dag_params(tmp_path: Path) -> None:
     # every task has Param objects of its own, as with Airflow's deep copies
     params = [dag.params.get_param(k) for k in dag.params]
     params += [t.params.get_param(k) for t in dag.tasks for k in t.params]
-    assert len({id(p) for p in params}) == len(params) == 11 * 6
+    assert len({id(p) for p in params}) == len(params) == 11 * 7
     assert len({id(p.value) for p in params if isinstance(p.value, list)}) == 11 * 2
 
 

@@ -15,6 +15,7 @@ from inactive_users.policy import (
     STATUSES,
     Exclusions,
     RoleInfo,
+    StreamHealth,
     Thresholds,
     UserState,
     exclusion_reason,
@@ -130,11 +131,26 @@ def test_safety_guard() -> None:
 
 def test_log_gap_guard() -> None:
     gap = timedelta(hours=48)
-    assert log_gap_error({"i1": ago(1), "i2": ago(0.5)}, NOW, gap) is None
-    err = log_gap_error({"i1": ago(1), "i2": ago(3), "i3": None}, NOW, gap)
+    h = StreamHealth
+    assert log_gap_error({"i1": h(ago(1)), "i2": h(ago(0.5))}, NOW, gap) is None
+    err = log_gap_error({"i1": h(ago(1)), "i2": h(ago(3)), "i3": h(None)}, NOW, gap)
     assert err is not None
     assert "i2: last connection event at" in err and "i3: no connection events found at all" in err
-    assert "log_connections" in err and "i1" not in err
+    assert "log_connections" in err and "i1" not in err and "log format guard" not in err
+
+
+def test_log_gap_guard_tells_a_wrong_format_from_a_missing_export() -> None:
+    gap = timedelta(hours=48)
+    streams = {
+        "i1": StreamHealth(None, 12, "2026-12-01 10:00:00.123 UTC [4242] …@… LOG:  connection authorized: …"),
+        "i2": StreamHealth(None, 0, None),
+    }
+    err = log_gap_error(streams, NOW, gap, "%t:%r:%u@%d:[%p]:")
+    assert err is not None
+    assert "i1: 12 connection events read, none in the format of log_line_prefix = '%t:%r:%u@%d:[%p]:'" in err
+    assert "(for example: 2026-12-01 10:00:00.123 UTC [4242] …@… LOG:  connection authorized: …)" in err
+    assert "i2: no connection events found at all" in err
+    assert err.index("log format guard") < err.index("log gap guard")
 
 
 # -- property: excluded roles are never acted on -----------------------------------------------

@@ -8,12 +8,14 @@ on the writer, as on Aurora. The DAG runs end to end with ``dag.test()``.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
 
 from devstack.motoserver import boto_client
 from devstack.pgcluster import PgCluster, free_port
+from inactive_users.engine import SafetyGuardError
 from inactive_users.instances import airflow_connector
 from tests.dagrun import DagHarness
 from tests.scenario import ROLE_PASSWORD, Scenario
@@ -107,8 +109,10 @@ def test_an_unreachable_instance_refuses_lock_and_drop_but_sync_and_ingest_run(
     assert plan.guard_error is not None and "session guard" in plan.guard_error
     assert f"{sc.reader}: OperationalError" in plan.guard_error
     assert "test-aurora-instance-3: no endpoint known for this instance" in plan.guard_error
-    assert plan.lock == []
     assert sc.pg.password not in plan.guard_error
+    with pytest.raises(SafetyGuardError, match="session guard"):
+        eng.lock(plan)
+    assert sc.role("idle")["can_login"] is True  # type: ignore[index]
 
 
 def test_wrong_password_on_an_instance_is_a_refusal_not_a_skip(scenario: Scenario) -> None:
@@ -127,10 +131,9 @@ def test_wrong_password_on_an_instance_is_a_refusal_not_a_skip(scenario: Scenari
     assert "wrong-one" not in scan.errors[sc.reader]
 
 
-def _global_database(h: DagHarness, sc: Scenario, *, exports: bool = True) -> None:
-    """The harness's cluster as the primary of a global cluster, a secondary in another region."""
-    arn = h.rds.describe_db_clusters(DBClusterIdentifier=sc.cluster_id)["DBClusters"][0]["DBClusterArn"]
-    h.rds.create_global_cluster(GlobalClusterIdentifier="test-global", SourceDBClusterIdentifier=arn)
+def _global_database(sc: Scenario, tmp_path: Path, *, exports: bool = True) -> DagHarness:
+    """A harness whose cluster is the primary of a global cluster, a secondary in another region."""
+    h = DagHarness(sc, tmp_path, global_cluster="test-global")
     dr = boto_client(sc.moto.endpoint_url, "rds", DR_REGION)
     dr.create_db_cluster(
         DBClusterIdentifier=DR_CLUSTER,
@@ -144,13 +147,14 @@ def _global_database(h: DagHarness, sc: Scenario, *, exports: bool = True) -> No
         Engine="aurora-postgresql",
         DBClusterIdentifier=DR_CLUSTER,
     )
+    return h
 
 
 def test_global_database_secondary_logins_and_sessions_count(
-    scenario: Scenario, pg_standby: PgCluster, dag_harness: DagHarness
+    scenario: Scenario, pg_standby: PgCluster, tmp_path: Path, airflow_db: None
 ) -> None:
-    sc, h, standby = scenario, dag_harness, pg_standby
-    _global_database(h, sc)
+    sc, standby = scenario, pg_standby
+    h = _global_database(sc, tmp_path)
     seed(sc, standby, ["used_in_dr", "pooled_in_dr", "idle"])
     here = endpoint(sc.pg)
     # discovery by DescribeGlobalClusters; the secondary's instance is the standby (a physical
@@ -185,10 +189,10 @@ def test_global_database_secondary_logins_and_sessions_count(
 
 @pytest.mark.parametrize("broken", ["no log group", "no endpoint"])
 def test_an_unreadable_secondary_blocks_lock_and_drop(
-    scenario: Scenario, dag_harness: DagHarness, broken: str
+    scenario: Scenario, tmp_path: Path, airflow_db: None, broken: str
 ) -> None:
-    sc, h = scenario, dag_harness
-    _global_database(h, sc)
+    sc = scenario
+    h = _global_database(sc, tmp_path)
     sc.create_role("idle")
     eng = sc.engine()
     eng.migrate()
@@ -215,11 +219,16 @@ def test_an_unreadable_secondary_blocks_lock_and_drop(
     assert sc.role("idle")["can_login"] is True  # type: ignore[index]
 
 
-def test_a_secondary_cluster_refuses_to_run_the_job(scenario: Scenario, dag_harness: DagHarness) -> None:
-    sc, h = scenario, dag_harness
-    _global_database(h, sc)
+def test_a_secondary_cluster_refuses_to_run_the_job(
+    scenario: Scenario, tmp_path: Path, airflow_db: None, capfd: pytest.CaptureFixture[str]
+) -> None:
+    sc = scenario
+    h = _global_database(sc, tmp_path)
     h.write_config(
         cluster_id=DR_CLUSTER, region_name=DR_REGION, instance_endpoints=None, global_secondaries=None
     )
     states = h.run(dag_id="inactive_users__test_aurora_dr")
     assert states["preflight"] == "failed", states
+    out = capfd.readouterr()
+    assert "is a secondary of global cluster 'test-global'" in out.out + out.err
+    assert f"cluster:{sc.cluster_id}) instead" in out.out + out.err

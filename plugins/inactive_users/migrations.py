@@ -116,6 +116,11 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             # Why logins of an instance may have aged out of its log group before they were read;
             # set by ingest, cleared only by a run with override_retention (recorded in history).
             "ALTER TABLE {s}.user_login_job_status ADD COLUMN retention_gap text",
+            # What the last read saw: "connection authorized" events, and one (redacted) line of
+            # them the log_line_prefix did not match, so the log-gap guard can tell a wrong format
+            # from a missing export.
+            "ALTER TABLE {s}.user_login_job_status ADD COLUMN connection_events bigint",
+            "ALTER TABLE {s}.user_login_job_status ADD COLUMN unrecognised_example text",
         ),
     ),
 )

@@ -289,25 +289,56 @@ def session_error(errors: Mapping[str, str]) -> str | None:
     )
 
 
+@dataclass(frozen=True)
+class StreamHealth:
+    """What the log-gap guard knows of one instance's stream."""
+
+    last_event: datetime | None  # the latest recognised connection event ever read
+    connection_events: int | None = None  # "connection authorized" events in the last read
+    unrecognised_example: str | None = None  # one of them the prefix did not match (redacted)
+
+
 def log_gap_error(
-    last_events: Mapping[str, datetime | None], as_of: datetime, max_gap: timedelta
+    streams: Mapping[str, StreamHealth],
+    as_of: datetime,
+    max_gap: timedelta,
+    log_line_prefix: str | None = None,
 ) -> str | None:
     """Refuse to act when an instance's log shows no connections for too long.
 
-    No connection lines usually means logs are not exported or ``log_connections`` is off; acting
-    then would lock everyone.
+    No connection lines usually means logs are not exported or ``log_connections`` is off; lines
+    that are there but in another format mean ``log_line_prefix`` is not what the job reads.
+    Acting then would lock everyone.
     """
-    problems = []
-    for instance, last in sorted(last_events.items()):
-        if last is None:
-            problems.append(f"{instance}: no connection events found at all")
-        elif as_of - last > max_gap:
-            problems.append(f"{instance}: last connection event at {last.isoformat()}")
-    if not problems:
-        return None
-    return (
-        f"log gap guard: no connection log events for more than {max_gap.total_seconds() / 3600:g} hours on "
-        + "; ".join(problems)
-        + ". Check that log_connections is on in the parameter group and that the cluster exports "
-        "the 'postgresql' log to CloudWatch Logs. Nothing was locked or deleted."
-    )
+    missing, unrecognised = [], []
+    for instance, health in sorted(streams.items()):
+        last = health.last_event
+        if last is not None and as_of - last <= max_gap:
+            continue
+        seen = health.connection_events or 0
+        if seen and health.unrecognised_example is not None:
+            unrecognised.append(
+                f"{instance}: {seen} connection events read, none in the format of "
+                f"log_line_prefix = {log_line_prefix!r} (for example: {health.unrecognised_example})"
+            )
+        elif last is None:
+            missing.append(f"{instance}: no connection events found at all")
+        else:
+            missing.append(f"{instance}: last connection event at {last.isoformat()}")
+    parts = []
+    if unrecognised:
+        parts.append(
+            "log format guard: "
+            + "; ".join(unrecognised)
+            + ". Those lines do not have the prefix the server reports: check log_line_prefix in the "
+            "instance's parameter group (a reader or a secondary may use another one)."
+        )
+    if missing:
+        parts.append(
+            f"log gap guard: no connection log events for more than {max_gap.total_seconds() / 3600:g} "
+            "hours on "
+            + "; ".join(missing)
+            + ". Check that log_connections is on in the parameter group and that the cluster exports "
+            "the 'postgresql' log to CloudWatch Logs."
+        )
+    return " ".join(parts) + " Nothing was locked or deleted." if parts else None

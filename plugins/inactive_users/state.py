@@ -377,15 +377,18 @@ class Watermark:
     last_processed: datetime
     last_event: datetime | None
     retention_gap: str | None = None  # why logins may be missing; cleared only by an override
+    connection_events: int | None = None  # "connection authorized" events in the last read
+    unrecognised_example: str | None = None  # one of them the prefix did not match (redacted)
 
 
 def fetch_watermarks(conn: psycopg.Connection, schema: str) -> dict[str, Watermark]:
     rows = conn.execute(
-        sql.SQL("SELECT instance_name, last_processed_time, last_event_time, retention_gap FROM {}").format(
-            t(schema, "user_login_job_status")
-        )
+        sql.SQL(
+            "SELECT instance_name, last_processed_time, last_event_time, retention_gap, "
+            "connection_events, unrecognised_example FROM {}"
+        ).format(t(schema, "user_login_job_status"))
     ).fetchall()
-    return {r[0]: Watermark(r[0], r[1], r[2], r[3]) for r in rows}
+    return {r[0]: Watermark(*r) for r in rows}
 
 
 def record_retention_gaps(conn: psycopg.Connection, schema: str, gaps: Mapping[str, str]) -> None:
@@ -429,20 +432,31 @@ def clear_retention_gaps(conn: psycopg.Connection, schema: str, run_id: str) -> 
 
 
 def save_watermarks(conn: psycopg.Connection, schema: str, marks: Iterable[Watermark]) -> None:
-    """Advance (never rewind) each instance's watermark and last seen connection event."""
+    """Advance (never rewind) each instance's watermark and last seen connection event; what the
+    read saw of connection events replaces what the previous read saw."""
     marks = list(marks)
     if not marks:
         return
     conn.execute(
         sql.SQL(
-            "INSERT INTO {0} AS j (instance_name, last_processed_time, last_event_time) "
-            "SELECT * FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[]) "
+            "INSERT INTO {0} AS j (instance_name, last_processed_time, last_event_time, "
+            "connection_events, unrecognised_example) "
+            "SELECT * FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[], %s::bigint[], "
+            "%s::text[]) "
             "ON CONFLICT (instance_name) DO UPDATE SET "
             "last_processed_time = GREATEST(j.last_processed_time, EXCLUDED.last_processed_time), "
             "last_event_time = GREATEST(j.last_event_time, EXCLUDED.last_event_time), "
+            "connection_events = EXCLUDED.connection_events, "
+            "unrecognised_example = EXCLUDED.unrecognised_example, "
             "updated_at = now()"
         ).format(t(schema, "user_login_job_status")),
-        [[m.instance for m in marks], [m.last_processed for m in marks], [m.last_event for m in marks]],
+        [
+            [m.instance for m in marks],
+            [m.last_processed for m in marks],
+            [m.last_event for m in marks],
+            [m.connection_events for m in marks],
+            [m.unrecognised_example for m in marks],
+        ],
     )
 
 

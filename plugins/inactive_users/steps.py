@@ -27,6 +27,7 @@ from inactive_users.cloudwatch import LogSourceError
 from inactive_users.config import ClusterConfig, ConfigError, RunOptions, run_options
 from inactive_users.engine import Engine, LogStreams, SafetyGuardError
 from inactive_users.instances import Connect, airflow_connector
+from inactive_users.logformat import LogFormat, compile_format
 from inactive_users.policy import Plan
 from inactive_users.settings import SettingsError
 from inactive_users.state import ConcurrentRunError
@@ -77,13 +78,17 @@ def options(cluster: ClusterConfig, context: Mapping[str, Any]) -> RunOptions:
 
 
 def engine(
-    cluster: ClusterConfig,
-    context: Mapping[str, Any],
-    opts: RunOptions,
-    master_user: str | None,
-    topology: Mapping[str, Any] | None = None,
+    cluster: ClusterConfig, context: Mapping[str, Any], opts: RunOptions, pre: Mapping[str, Any]
 ) -> Engine:
-    """The run's engine; with preflight's ``topology``, it reads every instance and secondary."""
+    """The run's engine, from what preflight found (``pre``: its XCom, or as much as it knows yet).
+
+    With its ``topology`` the engine reads every instance and secondary; with its ``log_format``,
+    lines in the server's own ``log_line_prefix``.
+    """
+    fmt = pre.get("log_format")
+    log_format = compile_format(fmt["prefix"], fmt["timezone"]) if fmt else None
+    topology = pre.get("topology")
+    master_user = pre.get("master_user")
     eng = Engine.from_airflow(
         cluster.postgres_conn_id,
         opts.settings,
@@ -94,13 +99,14 @@ def engine(
         master_user=master_user,
         log_group=cluster.log_group,
         use_lease=not opts.settings.dry_run,
+        log_format=log_format,
     )
     eng.override_retention = opts.override_retention
     if topology is not None:
         primary = ClusterView.from_json(topology["primary"])
         secondaries = [ClusterView.from_json(s) for s in topology["secondaries"]]
         eng.sessions = _session_connectors(cluster, primary, secondaries)
-        eng.secondaries = tuple(_secondary_logs(cluster, opts, s) for s in secondaries)
+        eng.secondaries = tuple(_secondary_logs(cluster, opts, s, log_format) for s in secondaries)
     return eng
 
 
@@ -117,7 +123,9 @@ def _session_connectors(
     return found
 
 
-def _secondary_logs(cluster: ClusterConfig, opts: RunOptions, view: ClusterView) -> LogStreams:
+def _secondary_logs(
+    cluster: ClusterConfig, opts: RunOptions, view: ClusterView, log_format: LogFormat | None
+) -> LogStreams:
     from inactive_users.cloudwatch import CloudWatchLogins
 
     source = CloudWatchLogins(
@@ -128,6 +136,7 @@ def _secondary_logs(cluster: ClusterConfig, opts: RunOptions, view: ClusterView)
         log_group=view.log_group,
         requests_per_second=opts.settings.logs_requests_per_second,
         max_concurrency=opts.settings.logs_max_concurrency,
+        log_format=log_format,
     )
     return LogStreams(view.cluster_id, source, tuple(view.instances))
 
@@ -145,7 +154,7 @@ def _from_preflight(
     """The run's engine, with its lease renewed: a run that dies holds the cluster only briefly."""
     pre = _preflight_result(context)
     opts = options(cluster, context)
-    eng = engine(cluster, context, opts, pre.get("master_user"), pre.get("topology"))
+    eng = engine(cluster, context, opts, pre)
     if not opts.settings.dry_run:
         eng.acquire_lease(timedelta(hours=cluster.lease_hours))
     return eng, opts, list(pre["instances"])
@@ -212,9 +221,16 @@ def preflight(cluster: ClusterConfig, context: Mapping[str, Any]) -> dict[str, A
         primary, secondaries = topology.describe(cluster)
         instances, master_user = primary.instances, primary.master_user
         layout = {"primary": primary.to_json(), "secondaries": [v.to_json() for v in secondaries]}
-        eng = engine(cluster, context, opts, master_user, layout)
+        eng = engine(cluster, context, opts, {"master_user": master_user, "topology": layout})
         log_connections = eng.check_log_connections()
         log.info("log_connections = %s", log_connections)
+        log_format = eng.check_log_format()
+        log.info(
+            "log_line_prefix = %r, log_timezone = %s: connection lines are read in that format%s",
+            log_format.prefix,
+            log_format.timezone,
+            " (Aurora's default: the fast path)" if log_format.is_default else "",
+        )
         if opts.settings.dry_run:
             pending = eng.pending_migrations()
             log.info(
@@ -227,6 +243,7 @@ def preflight(cluster: ClusterConfig, context: Mapping[str, Any]) -> dict[str, A
         "instances": instances,
         "master_user": master_user,
         "topology": layout,
+        "log_format": {"prefix": log_format.prefix, "timezone": log_format.timezone},
         "log_connections": log_connections,
         "dry_run": opts.settings.dry_run,
     }
@@ -422,7 +439,7 @@ def report(cluster: ClusterConfig, context: Mapping[str, Any]) -> dict[str, Any]
     if pre and not pre.get("dry_run"):
         try:
             with permanent_errors():
-                engine(cluster, context, options(cluster, context), pre.get("master_user")).release_lease()
+                engine(cluster, context, options(cluster, context), pre).release_lease()
         except Exception as exc:  # the lease expires by itself; do not hide the run's own result
             log.warning("could not release the run lease: %s", alerts.scrub(str(exc)))
     states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[run_id]).get(run_id, {})
