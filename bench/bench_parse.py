@@ -8,6 +8,10 @@ Aurora log lines in memory (70% successful logins in every message variant acros
 * ours: ``LoginAggregator().feed_lines(lines)`` then ``finish()`` (and, on a fortieth, the
   line-by-line ``feed`` that every line went through before ``feed_lines``);
 * baseline: the AWS sample's way, ``user=`` from the 7th space-separated field, max time per user;
+* the same events written with Aurora PostgreSQL 16+'s alternative prefix
+  ``%m:%r:%u@%d:[%p]:%l:%e:%s:%v:%x:%c:%q%a`` (``alternative_lines``), read by the recogniser
+  compiled from that prefix (``LoginAggregator(log_format=...)``: the general path), next to the
+  default prefix's figure, with a check that both give the same result per user;
 
 as lines/s, median of ``BENCH_REPEAT`` runs, by wall clock and by CPU time (the figure to read on a
 shared machine), the ratio, and then, apart from the timing, the peak Python allocation
@@ -25,6 +29,7 @@ import importlib.util
 import itertools
 import os
 import random
+import re
 import statistics
 import sys
 import time
@@ -39,6 +44,11 @@ if importlib.util.find_spec("inactive_users") is None:  # `make bench` only puts
     sys.path.insert(0, str(ROOT / "plugins"))
 
 from inactive_users.logparse import LoginAggregator, LoginSummary  # noqa: E402
+
+try:  # the recogniser for other prefixes (absent in versions before it)
+    from inactive_users.logformat import AURORA_16_PREFIX, LogFormat, compile_format
+except ImportError:
+    AURORA_16_PREFIX = ""
 
 try:  # the chunk path's pattern and chunk size (absent in versions before it)
     from inactive_users.logparse import _LINE_EVENT, _chunks
@@ -161,6 +171,60 @@ def ours(lines: Iterable[str]) -> LoginSummary:
     return agg.finish()
 
 
+_HEAD = re.compile(r"(\S+ \S+) UTC:(\[local\]|.+?\(\d+\)):(user\d+)@(\w*):\[(\d+)\]:(LOG|FATAL):  ")
+
+
+def alternative_lines(lines: list[str]) -> list[str]:
+    """The same events as the server writes them with ``AURORA_16_PREFIX``, in the same order.
+
+    Per event: the time with milliseconds (the line's rank within its second: still in time order),
+    the same remote, user, database and pid; the pid's line number, the SQLSTATE, the session
+    start, a virtual transaction id, no transaction id, the session id; ``[unknown]`` as the
+    application name on connection lines (it is set after them), ``psql`` on the others.
+    """
+    out: list[str] = []
+    last, rank = "", 0
+    numbers: dict[str, int] = {}
+    for line in lines:
+        m = _HEAD.match(line)
+        assert m is not None, line
+        stamp, remote, user, db, pid, severity = m.groups()
+        rank = rank + 1 if stamp == last else 0
+        last = stamp
+        number = numbers[pid] = numbers.get(pid, 0) + 1
+        message = line[m.end() :]
+        state = "00000" if severity == "LOG" else "28P01" if "password" in message else "28000"
+        app = "psql" if message.startswith(("statement", "disconnection")) else "[unknown]"
+        start = int(datetime.fromisoformat(stamp + "+00:00").timestamp())
+        out.append(
+            f"{stamp}.{min(rank, 999):03d} UTC:{remote}:{user}@{db or '[unknown]'}:[{pid}]:{number}:{state}:"
+            f"{stamp} UTC:{int(pid) % 97}/{number}:0:{start:x}.{int(pid):x}:{app}{severity}:  {message}"
+        )
+    return out
+
+
+def ours_with(log_format: LogFormat) -> Callable[[list[str]], LoginSummary]:
+    """Our aggregator reading lines of another prefix (every line through the general path)."""
+
+    def run(lines: list[str]) -> LoginSummary:
+        agg = LoginAggregator(log_format=log_format)
+        agg.feed_lines(lines)
+        return agg.finish()
+
+    return run
+
+
+def same_result(default: LoginSummary, other: LoginSummary) -> bool:
+    """The same logins per user (to the second: the default prefix has no milliseconds) and counts."""
+    seconds = {user: ts.replace(microsecond=0) for user, ts in other.last_login.items()}
+    return (
+        seconds == default.last_login
+        and (other.rejected, other.failed_auth, other.logins)
+        == (default.rejected, default.failed_auth, default.logins)
+        and getattr(other, "connection_events", 0) == getattr(default, "connection_events", 0)
+    )
+
+
 def ours_line_by_line(lines: Iterable[str]) -> LoginSummary:
     """The general parser, one ``feed`` per line (what every line cost before the batch path)."""
     agg = LoginAggregator()
@@ -268,6 +332,24 @@ def main() -> None:
     verdict = "met" if ours_cpu >= TARGET else "NOT met"
     print(f"target: {TARGET:,} lines/s on one core (CPU time): {verdict} ({ours_cpu:,.0f})")
 
+    alternative_ok = True
+    if AURORA_16_PREFIX:
+        alt = alternative_lines(lines)
+        alt_wall, alt_cpu, alt_summary = rate(ours_with(compile_format(AURORA_16_PREFIX)), alt, REPEAT)
+        alternative_ok = same_result(summary, alt_summary)
+        print(
+            f"\n{'log_line_prefix (feed_lines)':<42} {'lines/s':>11} {'CPU lines/s':>12} {'vs default':>11}"
+        )
+        for name, wall, cpu in [
+            ("%t:%r:%u@%d:[%p]: (default)", ours_wall, ours_cpu),
+            (AURORA_16_PREFIX, alt_wall, alt_cpu),
+        ]:
+            print(f"{name:<42} {wall:>11,.0f} {cpu:>12,.0f} {cpu / ours_cpu:>10.2f}x")
+        print(
+            f"same events in both prefixes: per-user last logins, rejections, failures "
+            f"{'identical' if alternative_ok else 'DIFFERENT'} ({len(alt_summary.last_login):,} users)"
+        )
+
     half = len(lines) // 2
     print("\npeak Python allocation while our aggregator reads them (tracemalloc, lines not counted):")
     for n, peak in zip((half, len(lines)), peaks(lines, [half, len(lines)]), strict=True):
@@ -288,6 +370,8 @@ def main() -> None:
     )
     if not agree:
         raise SystemExit("ours and the baseline disagree on the users of the genuine lines")
+    if not alternative_ok:
+        raise SystemExit("the alternative Aurora prefix gave another result than the default one")
 
 
 if __name__ == "__main__":

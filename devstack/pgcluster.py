@@ -124,6 +124,12 @@ class PgCluster:
         return self.root / "data"
 
     @property
+    def log_line_prefix(self) -> str:
+        """The prefix this server writes (``extra_conf`` may override Aurora's default)."""
+        quoted = self.extra_conf.get("log_line_prefix")
+        return AURORA_PREFIX if quoted is None else quoted[1:-1].replace("''", "'")
+
+    @property
     def logfile(self) -> Path:
         return self.root / "log" / "postgresql.log"
 

@@ -36,10 +36,12 @@ MAX_BATCH_SPAN_MS = 24 * 3600 * 1000
 MAX_AGE = timedelta(days=14)
 MAX_AHEAD = timedelta(hours=2)
 
+AURORA_PREFIX = "%t:%r:%u@%d:[%p]:"
 # Start of an entry: the %t (or %m) part of the Aurora prefix "%t:%r:%u@%d:[%p]:".
 ENTRY_START = re.compile(
     r"^(?P<date>\d{4}-\d{2}-\d{2}) (?P<time>\d{2}:\d{2}:\d{2})(?P<frac>\.\d+)? (?P<abbr>\S+?):"
 )
+_STAMP_ESCAPE = re.compile(r"%-?[0-9]*([tm])")
 _NUMERIC_ABBR = re.compile(r"^([+-])(\d{2})(\d{2})?(\d{2})?$")
 
 
@@ -48,19 +50,56 @@ def group_name(cluster_id: str) -> str:
     return f"/aws/rds/cluster/{cluster_id}/postgresql"
 
 
-def events_from_lines(lines: Iterable[str], *, tz: str = "UTC") -> list[dict[str, Any]]:
+def entry_start(log_line_prefix: str = AURORA_PREFIX) -> re.Pattern[str]:
+    """What starts an entry under ``log_line_prefix``: its leading ``%t``/``%m`` and what follows.
+
+    Aurora's default keeps ``ENTRY_START`` (the zone, then ``:``). Another prefix starting with
+    ``%t`` or ``%m`` has its time (``%m``: with milliseconds) followed by the literal text after it
+    in the prefix (``:``, `` [`` ...). A prefix that starts otherwise cannot be told from a
+    continuation line by its time: ``ValueError``.
+    """
+    if log_line_prefix == AURORA_PREFIX:
+        return ENTRY_START
+    m = _STAMP_ESCAPE.match(log_line_prefix)
+    if m is None:
+        raise ValueError(
+            f"log_line_prefix {log_line_prefix!r} does not start with %t or %m: entries cannot be "
+            "told from continuation lines"
+        )
+    literal = ""
+    rest, i = log_line_prefix[m.end() :], 0
+    while i < len(rest) and (rest[i] != "%" or rest[i + 1 : i + 2] == "%"):  # up to the next escape
+        literal += rest[i]
+        i += 2 if rest[i] == "%" else 1
+    padded = m[0] not in ("%t", "%m")
+    frac = r"(?P<frac>\.\d+)" if m[1] == "m" else "(?P<frac>)"
+    return re.compile(
+        (r"^ *" if padded else "^")
+        + r"(?P<date>\d{4}-\d{2}-\d{2}) (?P<time>\d{2}:\d{2}:\d{2})"
+        + frac
+        + r" (?P<abbr>[A-Za-z]+|[+-]\d{2}(?:\d{2}){0,2})"
+        + (" *" if padded else "")
+        + re.escape(literal)
+    )
+
+
+def events_from_lines(
+    lines: Iterable[str], *, tz: str = "UTC", log_line_prefix: str = AURORA_PREFIX
+) -> list[dict[str, Any]]:
     """Group raw log lines into CloudWatch events ``{"timestamp": ms, "message": text}``.
 
     A line starting with a timestamp starts an entry; any other line continues the previous one.
     Times are local to the IANA zone ``tz`` (the server's ``log_timezone``); the printed zone
     abbreviation only disambiguates the repeated hour at the end of DST.  Continuation lines
     before the first entry (e.g. the tail of an entry cut by a read offset) are dropped.
+    ``log_line_prefix`` (starting with ``%t`` or ``%m``) says how an entry starts (``entry_start``).
     """
     zone = ZoneInfo(tz)
+    start = entry_start(log_line_prefix)
     events: list[dict[str, Any]] = []
     for raw in lines:
         line = raw.rstrip("\r\n")
-        m = ENTRY_START.match(line)
+        m = start.match(line)
         if m:
             events.append({"timestamp": _timestamp_ms(m, zone), "message": line})
         elif events:
@@ -179,6 +218,7 @@ def ship_log_file(
     since_offset: int = 0,
     tz: str = "UTC",
     region: str = DEFAULT_REGION,
+    log_line_prefix: str = AURORA_PREFIX,
 ) -> tuple[int, int]:
     """Ship the entries written to ``path`` after byte ``since_offset``; returns (shipped, new_offset).
 
@@ -192,6 +232,6 @@ def ship_log_file(
     end = data.rfind(b"\n") + 1  # 0 when there is no complete line yet
     text = data[:end].decode("utf-8", errors="replace")
     # split("\n"), not splitlines(): a message may contain \f, \x1c, U+2028... which are not line ends.
-    events = events_from_lines(text.split("\n")[:-1], tz=tz)
+    events = events_from_lines(text.split("\n")[:-1], tz=tz, log_line_prefix=log_line_prefix)
     shipped = ship(endpoint_url_or_client, cluster_id, instance_id, events, region=region)
     return shipped, since_offset + end

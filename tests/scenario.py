@@ -137,6 +137,7 @@ class Scenario:
             since_offset=self._offsets.get(server.logfile, 0),
             tz=server.timezone,  # Aurora stamps each event with the line's own time
             region=region,
+            log_line_prefix=server.log_line_prefix,
         )
         return shipped
 

@@ -33,6 +33,19 @@ pending window as whole runs (``_Run``). A chunk holding a marked line of anothe
 line by line instead (``_feed_fast``: the same pattern per line, and the general parser for the
 rest).
 Both give exactly what ``feed`` gives; tests/test_logparse_fast.py holds them to it.
+
+Other prefixes: ``LoginAggregator(settle, log_format)`` with a ``logformat.LogFormat`` built from
+the server's ``log_line_prefix`` and ``log_timezone`` reads every line through the same general
+path (``_feed_one``), the format's recogniser taking the place of ``parse_login``/``split_line``
+(see logformat.py). Aurora's default prefix in UTC (``LogFormat.is_default``) keeps the paths above.
+
+What the log-gap guard needs, from every path alike: ``LoginSummary.connection_events`` counts the
+events whose first line holds a connection-authorized message as the server writes it
+(``LOG:  connection authorized: user=`` or its replication form, ``_MARKS_CONNECTION``),
+recognised or not; ``unrecognised_example`` is the first of them that was not recognised, its
+names redacted (``redact``). Many such events and no logins mean the prefix is not the one the
+job was given, not that nobody logged in. (A statement that merely quotes the phrase, without
+``LOG:  `` before it, is not counted: it would make every busy log look like a connection log.)
 """
 
 from __future__ import annotations
@@ -45,7 +58,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from functools import lru_cache
 from itertools import chain, compress, islice, repeat
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from inactive_users.logformat import LogFormat
 
 LOGIN_PHRASE = "connection authorized: user="
 REPLICATION_PHRASE = "replication connection authorized: user="
@@ -130,6 +146,10 @@ _FAST_FATAL = re.compile(_UTC_STAMP + _ATOMIC_REMOTE + r"([^:\n]*+):\[([0-9]++)\
 # the end of ":[pid", the severity, and what must follow it.
 _MARKS_LOGIN = ("]:LOG:  " + LOGIN_PHRASE, "]:LOG:  " + REPLICATION_PHRASE)
 _MARK_FATAL = "]:FATAL:  "
+# What the first line of every connection-authorized line contains, whatever the prefix (the
+# severity, then the message): what ``connection_events`` counts. Each of _MARKS_LOGIN holds one.
+_MARKS_CONNECTION = ("LOG:  " + LOGIN_PHRASE, "LOG:  " + REPLICATION_PHRASE)
+assert all(any(c in m for c in _MARKS_CONNECTION) for m in _MARKS_LOGIN)
 
 # The chunk path reads a chunk's first lines joined by "\n", with one in front, in one split by
 # _LINE_EVENT: a whole login line as _FAST_LOGIN reads it, or a whole FATAL line as _FAST_FATAL
@@ -358,6 +378,11 @@ class LoginSummary:
     logins: int = 0
     unsettled: int = 0
     last_event: datetime | None = None
+    #: The latest login of each user still inside the settle window at the end of the read: not
+    #: counted yet (a FATAL may still reject it), but proof enough not to lock or drop that role.
+    pending: dict[str, datetime] = field(default_factory=dict)
+    connection_events: int = 0  # first lines with a connection-authorized message, recognised or not
+    unrecognised_example: str | None = None  # the first of them not recognised, redacted
 
     def merge(self, other: LoginSummary) -> None:
         for user, ts in other.last_login.items():
@@ -368,6 +393,12 @@ class LoginSummary:
         self.events += other.events
         self.logins += other.logins
         self.unsettled += other.unsettled
+        self.connection_events += other.connection_events
+        if self.unrecognised_example is None:
+            self.unrecognised_example = other.unrecognised_example
+        for user, ts in other.pending.items():
+            if user not in self.pending or ts > self.pending[user]:
+                self.pending[user] = ts
         if other.last_event and (self.last_event is None or other.last_event > self.last_event):
             self.last_event = other.last_event
 
@@ -379,11 +410,17 @@ class LoginAggregator:
     may still be rejected by a FATAL from the same pid; it does not grow with the number of lines.
 
     ``feed`` reads one event through the general parser; ``feed_lines`` and ``feed_many`` read a
-    batch with the same result several times faster (see ``_feed_fast``).
+    batch with the same result several times faster (see ``_feed_fast``). With a ``log_format``
+    other than Aurora's default (``LogFormat.is_default``) every event goes through the general
+    parser, built from that format.
     """
 
-    def __init__(self, settle: timedelta = timedelta(seconds=60)) -> None:
+    def __init__(
+        self, settle: timedelta = timedelta(seconds=60), log_format: LogFormat | None = None
+    ) -> None:
         self.settle = settle
+        # None: the default prefix, read by parse_login/split_line and the fast paths.
+        self._format = None if log_format is None or log_format.is_default else log_format
         self.summary = LoginSummary()
         self._pending: dict[int, _Pending] = {}
         self._latest: datetime | None = None  # the latest time in summary.last_login
@@ -397,6 +434,9 @@ class LoginAggregator:
 
     def feed_many(self, events: Iterable[tuple[str, datetime | None]]) -> None:
         """Feed ``(message, event time)`` pairs in time order: as ``feed`` on each, faster."""
+        if self._format is not None:
+            self._feed_each(events)
+            return
         for chunk in _chunks(events):
             self.summary.events += len(chunk)
             if not self._feed_chunk([message for message, _ts in chunk]):
@@ -405,11 +445,26 @@ class LoginAggregator:
 
     def feed_lines(self, lines: Iterable[str]) -> None:
         """Feed raw lines in time order that have no event time of their own (files, tests, benchmarks)."""
+        if self._format is not None:
+            self._feed_each(zip(lines, repeat(None)))
+            return
         for chunk in _chunks(lines):
             self.summary.events += len(chunk)
             if not self._feed_chunk(chunk):
                 self._feed_fast(zip(chunk, repeat(None)))
         self._close_window()
+
+    def _feed_each(self, events: Iterable[tuple[str, datetime | None]]) -> None:
+        """``feed`` on each event: the path of a format other than the default.
+
+        A line with neither the login phrase nor ``FATAL:`` is nothing to ``_feed_one``: two
+        substring tests, before any regex, are all it costs.
+        """
+        summary, feed_one = self.summary, self._feed_one
+        for message, event_ts in events:
+            summary.events += 1
+            if LOGIN_PHRASE in message or "FATAL:" in message:
+                feed_one(message, event_ts)
 
     def _feed_chunk(self, messages: list[str]) -> bool:
         """Feed a chunk as a whole, with the result of ``_feed_fast``; False (nothing fed) if it can't.
@@ -419,7 +474,12 @@ class LoginAggregator:
         run, looked at one by one only where a FATAL rejects a session, and the run is accepted
         whole once all of it is older than the window.
         """
-        plan = _ChunkPlan.of_messages(messages, self.summary.last_event) if self._in_order else None
+        s = self.summary
+        plan = (
+            _ChunkPlan.of_messages(messages, s.last_event, s.unrecognised_example is None)
+            if self._in_order
+            else None
+        )
         if plan is None:
             self._close_window()
             return False
@@ -430,6 +490,7 @@ class LoginAggregator:
         for at, user, pid in plan.rejections:
             self._reject_in_window(run, at, user, pid)
         _count_all(self.summary.failed_auth, plan.failed)
+        self.summary.connection_events += plan.connections
         if run.last is not None:
             self._enter(run)
         return True
@@ -510,14 +571,33 @@ class LoginAggregator:
             self._settle(self.summary.last_event - self.settle)
 
     def _feed_one(self, message: str, event_ts: datetime | None) -> None:
-        """The general path: any line, through ``parse_login`` / ``split_line``."""
+        """The general path: any line, through ``parse_login`` / ``split_line`` or the log format's."""
         if LOGIN_PHRASE in message:
-            login = parse_login(message, event_ts)
-            if login is not None:
-                self._add_pending(login.pid, login.ts, login.user)
+            fmt = self._format
+            found: tuple[str, int, datetime] | None
+            if fmt is None:
+                login = parse_login(message, event_ts)
+                found = None if login is None else (login.user, login.pid, login.ts)
+            else:
+                found = fmt.login(message, event_ts)
+            if found is not None:
+                self.summary.connection_events += 1
+                user, pid, ts = found
+                self._add_pending(pid, ts, user)
+            elif _MARKS_CONNECTION[0] in message or _MARKS_CONNECTION[1] in message:
+                self._unrecognised(message)
             return
         if "FATAL:" in message:
             self._fatal(message, event_ts)
+
+    def _unrecognised(self, message: str) -> None:
+        """A line with a connection mark that was no login: count it if the mark is on its first line."""
+        first = message.partition("\n")[0]
+        if _MARKS_CONNECTION[0] in first or _MARKS_CONNECTION[1] in first:
+            s = self.summary
+            s.connection_events += 1
+            if s.unrecognised_example is None:
+                s.unrecognised_example = redact(first)
 
     def _feed_fast(self, events: Iterable[tuple[str, datetime | None]]) -> None:
         """Feed a chunk (its events already counted) with the result of ``_feed_one`` on each, faster.
@@ -530,6 +610,7 @@ class LoginAggregator:
         front may have moved. Anything unusual goes to the general parser, line by line.
         """
         pending, match = self._pending, _FAST_LOGIN.match
+        logins = 0  # lines _FAST_LOGIN read: connection events (the others are counted by _feed_one)
         stamp, ts = "-", None  # the last "YYYY-MM-DD HH:MM:SS" seen (none yet), and its time
         settled_for: datetime | None = None  # the login time the window was last settled for
         moved = True  # the window's front may have changed since it was last settled
@@ -545,6 +626,7 @@ class LoginAggregator:
                     self._feed_one(text, event_ts)
                     moved, settled_for = True, None
                     continue
+                logins += 1
                 if pid in pending:  # the pid was reused, so its earlier session was not rejected
                     self._accept_all([pending.pop(pid)])
                     moved = True
@@ -560,15 +642,17 @@ class LoginAggregator:
                     moved, settled_for = True, None  # and last_event may have moved: note the next time
             elif _MARK_FATAL in text and self._fast_fatal(text, event_ts):
                 moved = True
+        self.summary.connection_events += logins
 
     def _unusual_login(self, text: str, event_ts: datetime | None) -> bool:
         """A line with the login phrase that ``_FAST_LOGIN`` missed; True if the window may have changed.
 
-        Every line ``parse_login`` accepts contains one of ``_MARKS_LOGIN``; one that does not (a
-        statement quoting the phrase) is nothing, and as in ``_feed_one`` it is not read as a FATAL.
-        The rest (names with ``:`` or ``@``, another time zone, forgeries) get the general parser.
+        Every line ``parse_login`` accepts, and every line ``connection_events`` counts, contains
+        one of ``_MARKS_CONNECTION``; one that does not (a statement quoting the phrase) is nothing,
+        and as in ``_feed_one`` it is not read as a FATAL. The rest (names with ``:`` or ``@``,
+        another time zone, forgeries) get the general parser.
         """
-        if _MARKS_LOGIN[0] not in text and _MARKS_LOGIN[1] not in text:
+        if _MARKS_CONNECTION[0] not in text and _MARKS_CONNECTION[1] not in text:
             return False
         self._feed_one(text, event_ts)
         return True
@@ -610,11 +694,29 @@ class LoginAggregator:
             self._accept_all(list(map(pending.pop, list(islice(pending, n)))))
 
     def _fatal(self, message: str, event_ts: datetime | None) -> bool:
-        """``_fatal_parts`` of any line, split by ``split_line``; True if a pending login went."""
-        line = split_line(message)
-        if line is None:
+        """``_fatal_parts`` of a line, split by ``split_line`` or the format; True if a pending login went."""
+        fmt = self._format
+        if fmt is None:
+            line = split_line(message)
+            if line is None:
+                return False
+            return self._fatal_parts(line.severity, line.userdb, line.pid, line.message)
+        verdict = fmt.rejection(message)
+        if verdict is None:
             return False
-        return self._fatal_parts(line.severity, line.userdb, line.pid, line.message)
+        failed, name, key = verdict
+        if failed:
+            _count(self.summary.failed_auth, name)
+            return False
+        if self._reject(name, key):
+            return True
+        # The first reading of the prefix is not the pending login's (a name that looks like more
+        # prefix): any reading that agrees with a pending login is its rejection.
+        for key in fmt.identities(message):
+            pending = self._pending.get(key)
+            if pending is not None and pending[0] in message and fmt.said_by(message, pending[0], key):
+                return self._reject(pending[0], key)
+        return False
 
     def _fatal_parts(self, severity: str, userdb: str, pid: int, message: str) -> bool:
         """Count a failed authentication, or cancel the pending login a FATAL rejects.
@@ -676,6 +778,10 @@ class LoginAggregator:
             horizon = read_until - self.settle
             settled = [login for login in logins if login[1] <= horizon]
             self.summary.unsettled += len(logins) - len(settled)
+            pending = self.summary.pending
+            for user, ts in logins:
+                if ts > horizon and (user not in pending or ts > pending[user]):
+                    pending[user] = ts
             logins = settled
         self._accept_all(logins)
         return self.summary
@@ -819,22 +925,30 @@ class _ChunkPlan:
     rejections: list[tuple[int, str, int]]
     failed: list[str]
     times: dict[str, datetime]
+    connections: int  # connection events: the logins, and FATAL lines with a connection mark
 
     @classmethod
-    def of_messages(cls, messages: list[str], last_event: datetime | None) -> _ChunkPlan | None:
+    def of_messages(
+        cls, messages: list[str], last_event: datetime | None, want_example: bool = False
+    ) -> _ChunkPlan | None:
         """The plan of the messages' first lines (as ``_feed_fast`` reads them), or None."""
         try:
-            return cls.of("\n".join(chain(("",), messages)), len(messages), last_event)
+            return cls.of("\n".join(chain(("",), messages)), len(messages), last_event, want_example)
         except _MultiLine:
-            return cls.of("\n".join(chain(("",), map(_first_line, messages))), len(messages), last_event)
+            text = "\n".join(chain(("",), map(_first_line, messages)))
+            return cls.of(text, len(messages), last_event, want_example)
 
     @classmethod
-    def of(cls, text: str, events: int, last_event: datetime | None) -> _ChunkPlan | None:
+    def of(
+        cls, text: str, events: int, last_event: datetime | None, want_example: bool = False
+    ) -> _ChunkPlan | None:
         """The plan of ``events`` events joined in ``text``, or None when one needs the line path.
 
-        That is: a login or FATAL mark outside the lines read (a line of another shape, or a mark
-        in a message's other lines), a stamp that is no time, or a line earlier than the one
-        before it or than the last login fed. Raises ``_MultiLine`` for a line break in an event.
+        That is: a connection or FATAL mark outside the lines read (a line of another shape, or a
+        mark in a message's other lines), a stamp that is no time, or a line earlier than the one
+        before it or than the last login fed; or, while ``want_example``, an unrecognised
+        connection line (a FATAL with a connection mark), whose example the line path records.
+        Raises ``_MultiLine`` for a line break in an event.
         """
         parts = _LINE_EVENT.split(text)
         step = _LINE_EVENT_FIELDS + 1
@@ -843,7 +957,7 @@ class _ChunkPlan:
         stamps, users, _dbs, pids, messages = columns
         if rest.count("\n") + len(stamps) != events:  # each match holds one line break: its first
             raise _MultiLine
-        if _MARKS_LOGIN[0] in rest or _MARKS_LOGIN[1] in rest or _MARK_FATAL in rest:
+        if _MARKS_CONNECTION[0] in rest or _MARKS_CONNECTION[1] in rest or _MARK_FATAL in rest:
             return None
         fatal = list(compress(range(len(messages)), messages))
         if stamps != sorted(stamps):  # ASCII digits in one format: text order is time order
@@ -858,16 +972,44 @@ class _ChunkPlan:
             return None
         rejections: list[tuple[int, str, int]] = []
         failed: list[str] = []
+        connections = len(stamps) - len(fatal)
         for i in fatal:  # _fatal_verdict("FATAL", f"{users[i]}@{dbs[i]}", message) without the join
             message = messages[i]
             if LOGIN_PHRASE in message:  # as in _feed_fast: a line with the phrase is never a FATAL
+                if _MARKS_CONNECTION[0] in message or _MARKS_CONNECTION[1] in message:
+                    if want_example:
+                        return None
+                    connections += 1
                 continue
             name = _failed_user(message)
             if name is not None:
                 failed.append(name)
             elif _is_rejection(message):
                 rejections.append((i, users[i], int(pids[i])))
-        return cls(columns, fatal, rejections, failed, times)
+        return cls(columns, fatal, rejections, failed, times, connections)
+
+
+_WORD = re.compile(r"\w+")
+
+
+def _placeholder(m: re.Match[str]) -> str:
+    word = m[0]
+    return "0" * len(word) if word.isascii() and word.isdigit() else "…"
+
+
+def redact(line: str) -> str:
+    """A connection line's shape without its names, to show which prefix the server writes.
+
+    The first line's prefix part (before the connection mark) keeps its punctuation; each run of
+    letters and digits becomes ``…`` (a run of digits only: as many ``0``), so no user, database,
+    host or address is shown. The message becomes its phrase and ``…``.
+    """
+    first = line.partition("\n")[0]
+    ends = [(at, mark) for mark in _MARKS_CONNECTION if (at := first.find(mark)) >= 0]
+    if not ends:
+        return _WORD.sub(_placeholder, first)
+    at, mark = min(ends)
+    return _WORD.sub(_placeholder, first[:at]) + mark + "…"
 
 
 def _count_all(counter: Counter[str], names: list[str]) -> None:
@@ -902,8 +1044,10 @@ def _chunks(items: Iterable[_T], size: int = 1024) -> Iterator[list[_T]]:
         yield chunk
 
 
-def summarize(lines: Iterable[str], read_until: datetime | None = None) -> LoginSummary:
+def summarize(
+    lines: Iterable[str], read_until: datetime | None = None, log_format: LogFormat | None = None
+) -> LoginSummary:
     """Convenience for one stream of raw lines (tests, tools)."""
-    agg = LoginAggregator()
+    agg = LoginAggregator(log_format=log_format)
     agg.feed_lines(lines)
     return agg.finish(read_until)
