@@ -15,6 +15,11 @@ proxy decides, with a seeded random generator, to inject one of these faults ins
 ``slow``
     The request is forwarded after :attr:`FaultProxy.slow_seconds` (default 2 s).
 
+Independently of faults, ``latency_seconds`` holds back every request the proxy forwards (a
+network round trip to a distant region, say), and the proxy records when each request arrived
+(:attr:`ProxyEvent.at`) and the most it handled at once (:attr:`FaultProxy.max_in_flight`), so a
+test or benchmark can check what a client actually sent.
+
 Any other AWS error answer can be injected as an :class:`AwsError` in ``faults`` (e.g. a
 ``ResourceNotFoundException``); proxies can be chained (one's upstream is another's endpoint) to
 give different requests different faults.
@@ -108,6 +113,7 @@ class ProxyEvent:
     seq: int
     operation: str
     action: str  # "forwarded" or the name of the fault
+    at: float = 0.0  # time.monotonic() when the proxy had read the request
 
 
 @dataclass
@@ -115,6 +121,8 @@ class _State:
     lock: threading.Lock = field(default_factory=threading.Lock)
     counts: Counter[str] = field(default_factory=Counter)
     events: list[ProxyEvent] = field(default_factory=list)
+    in_flight: int = 0
+    max_in_flight: int = 0
 
 
 class FaultProxy:
@@ -137,6 +145,7 @@ class FaultProxy:
         seed: int = 0,
         only: Callable[[ProxiedRequest], bool] | None = None,
         slow_seconds: float = 2.0,
+        latency_seconds: float = 0.0,
         upstream_timeout: float = 30.0,
     ) -> None:
         parts = urlsplit(upstream_url)
@@ -148,6 +157,9 @@ class FaultProxy:
         self.upstream_port: int = parts.port
         self.only = only
         self.slow_seconds = slow_seconds
+        if latency_seconds < 0:
+            raise FaultProxyError(f"latency_seconds must be >= 0, got {latency_seconds!r}")
+        self.latency_seconds = latency_seconds  # added to every forwarded request
         self.upstream_timeout = upstream_timeout
         self._rng = random.Random(seed)
         self._fault_rate = 0.0
@@ -252,32 +264,51 @@ class FaultProxy:
 
     @property
     def events(self) -> list[ProxyEvent]:
-        """Every request handled so far, in arrival order."""
+        """Every request handled so far, in the order the proxy finished with them (``seq`` and
+        ``at`` give the arrival order)."""
         with self._state.lock:
             return list(self._state.events)
+
+    @property
+    def max_in_flight(self) -> int:
+        """The most requests the proxy was handling at the same time (since the last reset)."""
+        with self._state.lock:
+            return self._state.max_in_flight
 
     def reset_stats(self) -> None:
         with self._state.lock:
             self._state.counts.clear()
             self._state.events.clear()
+            self._state.max_in_flight = self._state.in_flight
 
     # -- internals --------------------------------------------------------------------------------
 
-    def _decide(self, request: ProxiedRequest) -> tuple[int, str | AwsError | None]:
-        """(sequence number, fault or None) for one request; one lock so the seed decides."""
+    def _decide(self, request: ProxiedRequest) -> tuple[int, float, str | AwsError | None]:
+        """(sequence number, arrival time, fault or None) for one request; one lock so the seed
+        decides."""
         eligible = self.only is None or self.only(request)
         with self._state.lock:
             self._state.counts["requests"] += 1
             seq = self._state.counts["requests"]
+            at = time.monotonic()
             fault = None
             if eligible and self._rng.random() < self._fault_rate:
                 fault = self._rng.choice(self._faults)
-            return seq, fault
+            return seq, at, fault
 
-    def _record(self, seq: int, request: ProxiedRequest, action: str) -> None:
+    def _record(self, seq: int, request: ProxiedRequest, action: str, at: float) -> None:
         with self._state.lock:
             self._state.counts[action] += 1
-            self._state.events.append(ProxyEvent(seq, request.operation, action))
+            self._state.events.append(ProxyEvent(seq, request.operation, action, at))
+
+    def _enter(self) -> None:
+        with self._state.lock:
+            self._state.in_flight += 1
+            self._state.max_in_flight = max(self._state.max_in_flight, self._state.in_flight)
+
+    def _leave(self) -> None:
+        with self._state.lock:
+            self._state.in_flight -= 1
 
 
 class _Server(ThreadingHTTPServer):
@@ -322,14 +353,21 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         proxy = self.server.proxy
+        proxy._enter()
+        try:
+            self._handle_one(proxy)
+        finally:
+            proxy._leave()
+
+    def _handle_one(self, proxy: FaultProxy) -> None:
         body = self._read_body()
         headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
         request = ProxiedRequest(self.command, self.path, headers, body)
-        seq, fault = proxy._decide(request)
+        seq, at, fault = proxy._decide(request)
         if fault == "throttle":
             fault = THROTTLE
         if isinstance(fault, AwsError):
-            proxy._record(seq, request, fault.name)
+            proxy._record(seq, request, fault.name, at)
             payload = json.dumps({"__type": fault.code, "message": fault.message}).encode()
             self._reply(
                 fault.status,
@@ -342,18 +380,20 @@ class _Handler(BaseHTTPRequestHandler):
             )
             return
         if fault == "reset":
-            proxy._record(seq, request, fault)
+            proxy._record(seq, request, fault, at)
             self._reset()
             return
         if fault in ("http500", "http503"):
-            proxy._record(seq, request, fault)
+            proxy._record(seq, request, fault, at)
             status = 500 if fault == "http500" else 503
             self._reply(status, http.client.responses[status].encode(), {"Content-Type": "text/plain"})
             return
         if fault == "slow":
-            proxy._record(seq, request, fault)
+            proxy._record(seq, request, fault, at)
             time.sleep(proxy.slow_seconds)
-        self._forward(proxy, seq, request)
+        if proxy.latency_seconds:
+            time.sleep(proxy.latency_seconds)
+        self._forward(proxy, seq, at, request)
 
     def _read_body(self) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
@@ -369,7 +409,7 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
-    def _forward(self, proxy: FaultProxy, seq: int, request: ProxiedRequest) -> None:
+    def _forward(self, proxy: FaultProxy, seq: int, at: float, request: ProxiedRequest) -> None:
         headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
         headers["Host"] = f"{proxy.upstream_host}:{proxy.upstream_port}"
         if request.body or "content-length" in {k.lower() for k in self.headers}:
@@ -385,12 +425,12 @@ class _Handler(BaseHTTPRequestHandler):
             reply_headers = [(k, v) for k, v in resp.getheaders() if k.lower() not in _HOP_BY_HOP]
             status, reason = resp.status, resp.reason
         except OSError as exc:
-            proxy._record(seq, request, "upstream_error")
+            proxy._record(seq, request, "upstream_error", at)
             self._reply(502, f"fault proxy: upstream {proxy.upstream_url} failed: {exc}".encode(), {})
             return
         finally:
             conn.close()
-        proxy._record(seq, request, "forwarded")
+        proxy._record(seq, request, "forwarded", at)
         self.send_response(status, reason)
         for key, value in reply_headers:
             if key.lower() != "content-length":

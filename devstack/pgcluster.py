@@ -242,6 +242,23 @@ class PgCluster:
         )
         self._wait_ready()
 
+    def start_on_a_free_port(self, attempts: int = 3) -> None:
+        """``write_conf`` and ``start``; a port another process took meanwhile gets a new one.
+
+        ``free_port()`` releases the port before the server binds it, and parallel test workers
+        pick ports at the same time.
+        """
+        for attempt in range(attempts):
+            self.write_conf()
+            try:
+                self.start()
+                return
+            except subprocess.CalledProcessError:
+                log = (self.root / "pg_ctl.log").read_text(errors="replace")
+                if "could not bind" not in log or attempt == attempts - 1:
+                    raise
+                self.port = free_port()
+
     def stop(self, mode: str = "fast") -> None:
         if not (self.datadir / "postmaster.pid").exists():
             return
@@ -302,8 +319,7 @@ class PgCluster:
             standby.extra_conf.update(
                 {"hot_standby": "on", **{k: v for k, v in recovery.items() if k in _RECOVERY_SETTINGS}}
             )
-            standby.write_conf()
-            standby.start()
+            standby.start_on_a_free_port()
             standby._wait_streaming(deadline)
             standby._wait_probe_row(deadline)
             standby.wait_caught_up(max(deadline - time.monotonic(), 1.0))
@@ -465,8 +481,7 @@ def cluster_from_template(
         os_user=_os_user(),
     )
     cluster.chown_tree()
-    cluster.write_conf()
-    cluster.start()
+    cluster.start_on_a_free_port()
     return cluster
 
 

@@ -244,6 +244,7 @@ def test_apply_logins_moves_times_only_forward_with_or_without_temp_tables(
     if not temp_allowed:
         sc.sql("REVOKE TEMPORARY ON DATABASE postgres FROM PUBLIC")
     seeded = {name: sc.set_last_login(name, 10) for name in names}
+    state.end_first_ingest(sc.admin, "inactive_users")  # past their first ingest: GREATEST from now on
     later = db_now(sc) + timedelta(hours=1)
 
     with psycopg.connect(sc.pg.dsn(user="job", password=ROLE_PASSWORD), autocommit=True) as conn:

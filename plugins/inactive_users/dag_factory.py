@@ -166,7 +166,11 @@ def build_dag(cluster: ClusterConfig) -> DAG:
         def sync_roles(**context: Any) -> dict[str, Any]:
             return steps.sync_roles(cluster, context)
 
-        @task(task_id="ingest_logins", multiple_outputs=True)
+        # A pool shared by the clusters of one account and region bounds how many read its
+        # CloudWatch Logs quota at once; without one the task runs in Airflow's default pool.
+        ingest_pool: dict[str, Any] = {"pool": cluster.ingest_pool} if cluster.ingest_pool else {}
+
+        @task(task_id="ingest_logins", multiple_outputs=True, **ingest_pool)
         @_signature_once
         def ingest_logins(**context: Any) -> dict[str, Any]:
             return steps.ingest_logins(cluster, context)

@@ -23,6 +23,7 @@ from inactive_users.actions import ActionReport, Outcome
 from inactive_users.alerts import scrub
 from inactive_users.cloudwatch import LogSourceError
 from inactive_users.instances import Connect, SessionScan, scan_sessions
+from inactive_users.logformat import LogFormat, LogFormatError, compile_format
 from inactive_users.logparse import LoginSummary
 from inactive_users.policy import (
     READY_TO_DELETE,
@@ -30,6 +31,7 @@ from inactive_users.policy import (
     Plan,
     Planned,
     RoleInfo,
+    StreamHealth,
     cloud_role_reason,
     exclusion_reason,
     log_gap_error,
@@ -114,6 +116,7 @@ class Engine:
         sessions: Mapping[str, Connect | None] | None = None,
         secondaries: Sequence[LogStreams] = (),
         override_retention: bool = False,
+        log_format: LogFormat | None = None,
     ) -> None:
         self._connect = connect
         self.use_lease = use_lease
@@ -127,6 +130,7 @@ class Engine:
         self.sessions = sessions
         self.secondaries = tuple(secondaries)
         self.override_retention = override_retention
+        self.log_format = log_format  # the server's log_line_prefix, as the log sources read it
 
     @classmethod
     def from_airflow(
@@ -141,6 +145,7 @@ class Engine:
         master_user: str | None = None,
         log_group: str | None = None,
         use_lease: bool = False,
+        log_format: LogFormat | None = None,
     ) -> Engine:
         """An engine whose credentials all come from Airflow connections."""
         from airflow.providers.postgres.hooks.postgres import PostgresHook
@@ -153,9 +158,24 @@ class Engine:
         logs = None
         if cluster_id is not None:
             logs = CloudWatchLogins(
-                cluster_id, aws_conn_id, region_name, page_size=settings.page_size, log_group=log_group
+                cluster_id,
+                aws_conn_id,
+                region_name,
+                page_size=settings.page_size,
+                log_group=log_group,
+                requests_per_second=settings.logs_requests_per_second,
+                max_concurrency=settings.logs_max_concurrency,
+                log_format=log_format,
             )
-        return cls(connect, settings, run_id=run_id, master_user=master_user, logs=logs, use_lease=use_lease)
+        return cls(
+            connect,
+            settings,
+            run_id=run_id,
+            master_user=master_user,
+            logs=logs,
+            use_lease=use_lease,
+            log_format=log_format,
+        )
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection]:
@@ -205,6 +225,18 @@ class Engine:
             "would look inactive. Set log_connections = 1 (PostgreSQL 18: 'on' or a list including "
             "'authorization') in the DB cluster parameter group and reboot, then re-run."
         )
+
+    def check_log_format(self) -> LogFormat:
+        """The recogniser for the server's own ``log_line_prefix``; raises if logins cannot be read."""
+        with self.connection() as conn:
+            row = conn.execute(
+                "SELECT current_setting('log_line_prefix'), current_setting('log_timezone')"
+            ).fetchone()
+        assert row is not None
+        try:
+            return compile_format(str(row[0]), str(row[1]))
+        except LogFormatError as exc:
+            raise SettingsError(str(exc)) from None
 
     # -- steps ----------------------------------------------------------------------------------
 
@@ -430,7 +462,11 @@ class Engine:
                 mark = marks.get(name)
                 candidates = [x for x in (mark.last_event if mark else None, summary.last_event) if x]
                 last_event = max(candidates) if candidates else None
-                new_marks.append(state.Watermark(name, now, last_event))
+                new_marks.append(
+                    state.Watermark(
+                        name, now, last_event, None, summary.connection_events, summary.unrecognised_example
+                    )
+                )
                 result.instances[name] = {
                     "from": start.isoformat(),
                     "to": now.isoformat(),
@@ -521,8 +557,14 @@ class Engine:
         if instances is not None:
             marks = state.fetch_watermarks(conn, self.schema)
             keys = self._stream_keys(instances)
-            last_events = {k: (marks[k].last_event if k in marks else None) for k in keys}
-            plan.refuse(log_gap_error(last_events, now, self.settings.max_log_gap))
+            health = {
+                k: StreamHealth(m.last_event, m.connection_events, m.unrecognised_example)
+                if (m := marks.get(k))
+                else StreamHealth(None)
+                for k in keys
+            }
+            prefix = self.log_format.prefix if self.log_format else None
+            plan.refuse(log_gap_error(health, now, self.settings.max_log_gap, prefix))
             gaps = {k: marks[k].retention_gap for k in keys if k in marks and marks[k].retention_gap}
             if gaps and self.override_retention:
                 log.warning("retention gaps overridden for this run (trigger conf): %s", gaps)
