@@ -9,6 +9,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from inactive_users.config import AlertConfig
@@ -48,11 +49,17 @@ def compose(
     dry_run: bool,
     as_of: str | None = None,
     totals: Mapping[str, int] | None = None,
+    upcoming: Sequence[Mapping[str, Any]] = (),
+    upcoming_total: int | None = None,
+    warn_before_days: int | None = None,
 ) -> Alert | None:
-    """The alert for one run, or None when nobody was locked, dropped, flagged or failed.
+    """The alert for one run, or None when nobody was locked, dropped, flagged or failed and none
+    is upcoming.
 
     ``outcomes`` may be a sample: ``totals`` then gives the complete count of each action, which
     the subject and each group's heading state, and each group says how many it does not list.
+    ``upcoming`` (a sample of ``upcoming_total``) are the roles reaching a threshold within
+    ``warn_before_days``, listed after the actions.
     """
     items = alerting_outcomes(outcomes)
     counts: dict[str, int] = {}
@@ -61,11 +68,14 @@ def compose(
     for action, n in (totals or {}).items():
         if action in ALERTING and n:
             counts[action] = max(n, counts.get(action, 0))
-    if not counts:
+    n_upcoming = max(upcoming_total or 0, len(upcoming))
+    if not counts and not n_upcoming:
         return None
     summary = ", ".join(
         f"{n} {a.replace('_', ' ')}" for a, n in sorted(counts.items(), key=lambda kv: _ORDER.index(kv[0]))
     )
+    if n_upcoming:
+        summary = f"{summary}, {n_upcoming} upcoming" if summary else f"{n_upcoming} upcoming, no action"
     label = "DRY RUN " if dry_run else ""
     subject = _subject(f"[inactive_users] {label}{cluster_id}: {summary}")
     lines = [f"Cluster: {cluster_id}", f"Run: {run_id}"]
@@ -93,12 +103,62 @@ def compose(
                 else f"action_history lists them (run_id = '{run_id}')"
             )
             lines.append(f"  ... and {counts[action] - len(group)} more not listed here: {where}")
+    if n_upcoming:
+        lines += ["", *upcoming_section(upcoming, n_upcoming, warn_before_days)]
     lines += [
         "",
         "Unlock a role by triggering this DAG with unlock_users; finish a ReadyToDelete role by hand "
         "(REASSIGN OWNED / DROP OWNED in each database listed, then DROP ROLE).",
     ]
     return Alert(subject, scrub("\n".join(lines)))
+
+
+_WILL = {
+    "lock": "will be locked",
+    "drop": "will be dropped (or flagged ReadyToDelete if objects depend on it)",
+}
+
+
+def upcoming_section(
+    upcoming: Sequence[Mapping[str, Any]], total: int, warn_before_days: int | None
+) -> list[str]:
+    """The ``Upcoming`` lines: each role, its last login and when it will be locked or dropped."""
+    within = f" (within {warn_before_days} days)" if warn_before_days else ""
+    lines = [f"Upcoming{within}: {total}"]
+    for u in upcoming:
+        lines.append(
+            f"  - {u['name']}: {_WILL.get(u['action'], u['action'])} on {_day(u['due'])}; "
+            f"last login {u.get('last_login') or 'unknown'}"
+        )
+    if total > len(upcoming):
+        lines.append(
+            f"  ... and {total - len(upcoming)} more not listed here: the plan task's log lists them"
+        )
+    lines.append("  A login before that date keeps the role active; no action is needed for roles in use.")
+    return lines
+
+
+def _day(stamp: str) -> str:
+    return datetime.fromisoformat(stamp).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def compose_contact_notice(cluster_id: str, notice: Mapping[str, str]) -> Alert:
+    """The short notice to one role's own contact, named in the role's comment."""
+    will = "locked (it can be unlocked by the DBA)" if notice["action"] == "lock" else "dropped"
+    body = (
+        f"The database login {notice['name']} on cluster {cluster_id} was last used "
+        f"{notice['last_login']}.\n\nIt will be {will} on {_day(notice['due'])}, when it will have been "
+        "unused for longer than the cluster's policy allows.\n\nIf it is still needed, log in with it "
+        "before then, or ask the DBA team to exclude it. If it is not needed, nothing is to be done.\n\n"
+        "You get this notice because the role's comment names this address as its contact."
+    )
+    done = "locked" if notice["action"] == "lock" else "dropped"
+    return Alert(_subject(f"[inactive_users] {cluster_id}: login {notice['name']} will be {done}"), body)
+
+
+def send_contact_notice(alert: Alert, to: str) -> None:
+    """By e-mail through Airflow's SMTP connection (the same as the alert's e-mail notifier)."""
+    _send_email(alert, [to])
 
 
 def compose_failure(cluster_id: str, run_id: str, task_id: str, error: BaseException | str | None) -> Alert:

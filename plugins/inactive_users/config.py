@@ -40,6 +40,8 @@ ENGINE_KEYS = (
     "settle_seconds",
     "logs_requests_per_second",
     "logs_max_concurrency",
+    "warn_before_days",
+    "notify_role_contacts",
 )
 OTHER_DEFAULT_KEYS = ("schedule", "alert", "retries", "lease_hours", "ingest_pool")
 CLUSTER_ONLY_KEYS = (
@@ -74,6 +76,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "settle_seconds": (int,),
     "logs_requests_per_second": (int, float),
     "logs_max_concurrency": (int,),
+    "warn_before_days": (int, type(None)),
+    "notify_role_contacts": (bool,),
     "ingest_pool": (str, type(None)),
     "instance_endpoints": (dict, type(None)),
     "global_secondaries": (list, type(None)),

@@ -18,7 +18,7 @@ from typing import Protocol, cast
 
 import psycopg
 
-from inactive_users import actions, migrations, planstore, state
+from inactive_users import actions, migrations, notices, planstore, state
 from inactive_users.actions import ActionReport, Outcome
 from inactive_users.alerts import scrub
 from inactive_users.cloudwatch import LogSourceError
@@ -269,6 +269,30 @@ class Engine:
             counts = planstore.record(conn, self.schema, self.run_id, plan)
         log.info("plan of run %s recorded in %s.planned_action: %s", self.run_id, self.schema, counts)
         return counts
+
+    def upcoming_state(self, plan: Plan) -> tuple[str | None, list[notices.ContactNotice]]:
+        """What the last alert listed of the upcoming set, and the contact notices ``plan`` owes.
+
+        Read only, so a dry run can tell what a real run would send.
+        """
+        with self.connection() as conn:
+            alerted = notices.last_alerted(conn, self.schema)
+            owed = (
+                notices.owed(conn, self.schema, plan.upcoming) if self.settings.notify_role_contacts else []
+            )
+        return alerted, owed
+
+    def record_upcoming_alerted(self, fingerprint: str, roles: int) -> None:
+        with self.connection() as conn, conn.transaction():
+            notices.record_alerted(conn, self.schema, fingerprint, roles, self.run_id)
+
+    def claim_contact_notice(self, notice: notices.ContactNotice) -> bool:
+        with self.connection() as conn, conn.transaction():
+            return notices.claim_notice(conn, self.schema, notice, self.run_id)
+
+    def release_contact_notice(self, notice: notices.ContactNotice) -> None:
+        with self.connection() as conn, conn.transaction():
+            notices.release_notice(conn, self.schema, notice, self.run_id)
 
     def recorded_plan(self, action: str) -> set[tuple[str, int]]:
         """The (name, OID) pairs this run's plan task recorded for ``action`` (lock or delete)."""

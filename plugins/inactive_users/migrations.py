@@ -123,6 +123,31 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             "ALTER TABLE {s}.user_login_job_status ADD COLUMN unrecognised_example text",
         ),
     ),
+    (
+        5,
+        "upcoming locks and drops: what was last alerted, which contacts were told",
+        (
+            # The upcoming set of the last alert that listed it (one row): a run with nothing to do
+            # alerts only when its upcoming set differs, so nobody gets the same list every day.
+            """CREATE TABLE {s}.upcoming_alert (
+                singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+                fingerprint text NOT NULL,
+                roles integer NOT NULL,
+                run_id text NOT NULL,
+                alerted_at timestamptz NOT NULL DEFAULT now()
+            )""",
+            # A role's own contact is told once per upcoming action and due date.
+            """CREATE TABLE {s}.contact_notice (
+                user_name text NOT NULL,
+                action text NOT NULL CHECK (action IN ('lock', 'drop')),
+                due date NOT NULL,
+                contact text NOT NULL,
+                run_id text NOT NULL,
+                sent_at timestamptz NOT NULL DEFAULT now(),
+                PRIMARY KEY (user_name, action, due)
+            )""",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1][0]

@@ -147,6 +147,7 @@ class Thresholds:
     delete_after_days: int | None = 180
     max_action_ratio: float = 0.25
     override_guard: bool = False
+    warn_before_days: int | None = 14  # roles reaching a threshold that soon are "upcoming"
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +159,21 @@ class Planned:
     status: str  # status before the action
 
 
+@dataclass(frozen=True, slots=True)
+class Upcoming:
+    """A role that will reach the lock or drop threshold soon: someone can still log in, or ask."""
+
+    name: str
+    oid: int
+    last_login: datetime
+    action: str  # UPCOMING_LOCK or UPCOMING_DROP
+    due: datetime  # when the threshold is reached; the first run from then on acts
+
+
+UPCOMING_LOCK = "lock"
+UPCOMING_DROP = "drop"
+
+
 @dataclass
 class Plan:
     as_of: datetime
@@ -167,6 +183,7 @@ class Plan:
     kept_active_session: list[str] = field(default_factory=list)
     kept_pending_login: list[str] = field(default_factory=list)
     excluded: dict[str, str] = field(default_factory=dict)
+    upcoming: list[Upcoming] = field(default_factory=list)  # soonest first
     guard_error: str | None = None
 
     def refuse(self, reason: str | None) -> None:
@@ -213,12 +230,40 @@ def make_plan(
             continue
         inactive = as_of - st.last_login
         item = Planned(st.name, role.oid, st.last_login, inactive.days, st.status)
+        locking = False
         if _reached(inactive, thresholds.delete_after_days):
             plan.delete.append(item)
-        elif _reached(inactive, thresholds.lock_after_days) and st.status == ACTIVE:
+            continue
+        if _reached(inactive, thresholds.lock_after_days) and st.status == ACTIVE:
             plan.lock.append(item)
+            locking = True
+        soon = upcoming(item, thresholds, as_of, locked=locking or st.status != ACTIVE)
+        if soon is not None:
+            plan.upcoming.append(soon)
+    plan.upcoming.sort(key=lambda u: (u.due, u.name))
     plan.guard_error = _guard(plan, thresholds)
     return plan
+
+
+def upcoming(item: Planned, t: Thresholds, as_of: datetime, *, locked: bool) -> Upcoming | None:
+    """The next threshold ``item`` reaches within ``warn_before_days`` of ``as_of``, if any.
+
+    ``locked``: the role is locked already (or by this run), so only its drop can be upcoming.
+    A ReadyToDelete role is past both thresholds and never upcoming.
+    """
+    if t.warn_before_days is None or item.status == READY_TO_DELETE:
+        return None
+    horizon = as_of + timedelta(days=t.warn_before_days)
+    for action, days in ((UPCOMING_LOCK, t.lock_after_days), (UPCOMING_DROP, t.delete_after_days)):
+        if days is None or (action == UPCOMING_LOCK and locked):
+            continue
+        due = item.last_login + timedelta(days=days)
+        if due <= as_of:
+            continue  # reached: acted on this run (or, for a lock, the role is locked already)
+        if due <= horizon:
+            return Upcoming(item.name, item.oid, item.last_login, action, due)
+        return None  # the next threshold is further away than the warning window
+    return None
 
 
 def _reached(inactive: timedelta, days: int | None) -> bool:

@@ -39,6 +39,11 @@ class EngineSettings:
     # shared by every DAG): a run sends at most this many, from at most this many threads.
     logs_requests_per_second: float = 5
     logs_max_concurrency: int = 4
+    # Roles that reach the lock or drop threshold within this many days are listed as upcoming
+    # (null: never); their own contact (COMMENT ON ROLE ... 'contact: a@b.c') is told by e-mail
+    # once, if notify_role_contacts.
+    warn_before_days: int | None = 14
+    notify_role_contacts: bool = False
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -55,6 +60,16 @@ class EngineSettings:
             raise SettingsError(
                 f"delete_after_days ({self.delete_after_days}) must be greater than "
                 f"lock_after_days ({self.lock_after_days})"
+            )
+        if self.warn_before_days is not None and (
+            not _is_int(self.warn_before_days) or self.warn_before_days < 1
+        ):
+            raise SettingsError(
+                f"warn_before_days must be a whole number of days >= 1 or null, got {self.warn_before_days!r}"
+            )
+        if not isinstance(self.notify_role_contacts, bool):
+            raise SettingsError(
+                f"notify_role_contacts must be true or false, got {self.notify_role_contacts!r}"
             )
         if self.lock_method not in LOCK_METHODS:
             raise SettingsError(
@@ -103,6 +118,7 @@ class EngineSettings:
             delete_after_days=self.delete_after_days,
             max_action_ratio=self.max_action_ratio,
             override_guard=self.override_guard,
+            warn_before_days=self.warn_before_days,
         )
 
     @property

@@ -21,7 +21,7 @@ from dataclasses import asdict
 from datetime import timedelta
 from typing import Any
 
-from inactive_users import alerts, topology
+from inactive_users import alerts, notices, topology
 from inactive_users.actions import ActionReport, Outcome
 from inactive_users.cloudwatch import LogSourceError
 from inactive_users.config import ClusterConfig, ConfigError, RunOptions, run_options
@@ -295,7 +295,8 @@ def plan(cluster: ClusterConfig, context: Mapping[str, Any]) -> dict[str, Any]:
         if opts.settings.dry_run:
             report = eng.preview(instances, as_of=opts.as_of, unlock_users=opts.unlock_users)
             assert report.plan is not None
-            summary = _plan_summary(report.plan)
+            the_plan = report.plan
+            summary = _plan_summary(the_plan)
             for o in report.unlock.outcomes + report.lock.outcomes + report.delete.outcomes:
                 _log_outcome(asdict(o), "dry run: ")
             summary["preview"] = {
@@ -309,8 +310,40 @@ def plan(cluster: ClusterConfig, context: Mapping[str, Any]) -> dict[str, Any]:
                 raise SafetyGuardError(the_plan.guard_error)
             eng.record_plan(the_plan)
             summary = _plan_summary(the_plan)
+        summary.update(_upcoming_summary(eng, the_plan, opts))
     summary["dry_run"] = opts.settings.dry_run
     return summary
+
+
+def _upcoming_summary(eng: Engine, the_plan: Plan, opts: RunOptions) -> dict[str, Any]:
+    """The upcoming set for the alert (a sample, its fingerprint, what was last alerted), logged."""
+    items = the_plan.upcoming
+    alerted, owed = eng.upcoming_state(the_plan)
+    if items:
+        log.info(
+            "upcoming: %d roles reach a threshold within %s days of %s:",
+            len(items),
+            opts.settings.warn_before_days,
+            the_plan.as_of.isoformat(timespec="seconds"),
+        )
+        for u in items[:MAX_NAMES_IN_XCOM]:
+            log.info(
+                "  %r: %s on %s (last login %s)",
+                u.name,
+                u.action,
+                u.due.isoformat(),
+                u.last_login.isoformat(),
+            )
+        if len(items) > MAX_NAMES_IN_XCOM:
+            log.info("  ... and %d more", len(items) - MAX_NAMES_IN_XCOM)
+    return {
+        "upcoming_total": len(items),
+        "upcoming_sample": notices.as_sample(items[:MAX_NAMES_IN_XCOM]),
+        "upcoming_fingerprint": notices.fingerprint(items),
+        "upcoming_alerted_fingerprint": alerted,
+        "warn_before_days": opts.settings.warn_before_days,
+        "contact_notices": [n.as_dict() for n in owed[:MAX_NAMES_IN_XCOM]],
+    }
 
 
 def choose_actions(context: Mapping[str, Any]) -> list[str]:
@@ -386,26 +419,104 @@ def _action_results(context: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 
 
 def alert(cluster: ClusterConfig, context: Mapping[str, Any]) -> dict[str, Any]:
+    """Alert on the run's actions and its upcoming roles; tell role contacts of theirs.
+
+    A run with no action alerts only when its upcoming set differs from the one last alerted.
+    """
     from airflow.sdk.exceptions import AirflowSkipException
 
     planned = context["ti"].xcom_pull(task_ids="plan") or {}
+    dry_run = bool(planned.get("dry_run"))
     _, counts, sample = _merge(_action_results(context))
+    upcoming_total = int(planned.get("upcoming_total") or 0)
+    fingerprint = str(planned.get("upcoming_fingerprint") or notices.fingerprint(()))
+    alerted = planned.get("upcoming_alerted_fingerprint")
+    unchanged = fingerprint == alerted
+    has_actions = bool(alerts.alerting_outcomes(sample)) or any(
+        n and a in alerts.ALERTING for a, n in counts.items()
+    )
+    record = _UpcomingRecord(cluster, context) if not dry_run else None
+    sent_notices = _notify_contacts(cluster, planned, record)
+    if not has_actions and (not upcoming_total or unchanged):
+        if record and not upcoming_total and alerted is not None and not unchanged:
+            record.alerted(fingerprint, 0)  # the set emptied: its next appearance alerts again
+        why = "nobody was locked, dropped or flagged"
+        if upcoming_total:
+            why += f", and the {upcoming_total} upcoming roles are those the last alert listed"
+        raise AirflowSkipException(why + ": no alert")
     message = alerts.compose(
         cluster.cluster_id,
         str(context["run_id"]),
         sample,
-        dry_run=bool(planned.get("dry_run")),
-        as_of=planned.get("as_of") if planned.get("dry_run") else None,
+        dry_run=dry_run,
+        as_of=planned.get("as_of") if dry_run else None,
         totals=counts,
+        upcoming=planned.get("upcoming_sample") or [],
+        upcoming_total=upcoming_total,
+        warn_before_days=planned.get("warn_before_days"),
     )
-    if message is None:
-        raise AirflowSkipException("nobody was locked, dropped or flagged: no alert")
+    assert message is not None  # actions or upcoming roles, checked above
     log.info("alert:\n%s\n%s", message.subject, message.body)
     sent = alerts.send(
         message, cluster.alert, aws_conn_id=cluster.aws_conn_id, region_name=cluster.region_name
     )
     log.info("alert sent to %s", sent or "no notifier (logged only)")
-    return {"subject": message.subject, "sent": sent}
+    if record and not unchanged:
+        record.alerted(fingerprint, upcoming_total)
+    return {"subject": message.subject, "sent": sent, "contact_notices": sent_notices}
+
+
+class _UpcomingRecord:
+    """Writes what a real run's alert told, through the run's engine (made when first needed)."""
+
+    def __init__(self, cluster: ClusterConfig, context: Mapping[str, Any]) -> None:
+        self._args = (cluster, context)
+        self._engine: Engine | None = None
+
+    def engine(self) -> Engine:
+        if self._engine is None:
+            cluster, context = self._args
+            with permanent_errors():
+                self._engine = engine(cluster, context, options(cluster, context), _preflight_result(context))
+        return self._engine
+
+    def alerted(self, fingerprint: str, roles: int) -> None:
+        self.engine().record_upcoming_alerted(fingerprint, roles)
+
+    def claim(self, notice: notices.ContactNotice) -> bool:
+        return self.engine().claim_contact_notice(notice)
+
+    def release(self, notice: notices.ContactNotice) -> None:
+        self.engine().release_contact_notice(notice)
+
+
+def _notify_contacts(
+    cluster: ClusterConfig, planned: Mapping[str, Any], record: _UpcomingRecord | None
+) -> int:
+    """E-mail each owed contact notice once; one that fails is logged and owed again next run."""
+    owed = [notices.ContactNotice.from_dict(d) for d in planned.get("contact_notices") or []]
+    if not owed:
+        return 0
+    if record is None:
+        for n in owed:
+            log.info("dry run: would tell %s that %r is due for %s on %s", n.contact, n.name, n.action, n.due)
+        return 0
+    sent = 0
+    for n in owed:
+        if not record.claim(n):
+            continue  # sent by an earlier try of this task or another run
+        try:
+            notice = alerts.compose_contact_notice(cluster.cluster_id, n.as_dict())
+            alerts.send_contact_notice(notice, n.contact)
+        except Exception as exc:
+            record.release(n)
+            log.error(
+                "notice to the contact of %r failed (owed again next run): %s", n.name, alerts.scrub(str(exc))
+            )
+            continue
+        sent += 1
+        log.info("told %s that %r is due for %s on %s", n.contact, n.name, n.action, n.due.isoformat())
+    return sent
 
 
 class RunHadFailures(RuntimeError):
