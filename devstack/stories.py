@@ -12,6 +12,7 @@ ROLE_PASSWORD = "demo-role-Passw0rd"  # throwaway password of the demo roles
 STORIES: dict[str, tuple[str, int | None, int | None]] = {
     "app_daily": ("logs in every day (writer)", 1, 1),
     "report_reader": ("logs in on the reader instance", 30, 2),
+    "erin_80": ("80 days ago: upcoming lock in 10 days", 80, None),
     "ana_100": ("last login 100 days ago", 100, None),
     'Zoë "Q" O\'Brien': ("120 days ago; a name that needs quoting", 120, None),
     "bob_200_owner": ("200 days ago, owns a table", 200, None),

@@ -33,13 +33,17 @@ def test_demo_shows_every_outcome_and_leaves_nothing_running(tmp_path: Path) -> 
         rows = {
             line.split()[0]: line
             for line in out.splitlines()
-            if line.startswith(("ana_100", "carl_200", "bob_", "svc_"))
+            if line.startswith(("ana_100", "carl_200", "bob_", "svc_", "erin_80"))
         }
         assert "Locked NOLOGIN" in rows["ana_100"]
         assert "dropped" in rows["carl_200"]
         assert "ReadyToDelete" in rows["bob_200_owner"]
         assert "untouched (excluded)" in rows["svc_etl"]
-        assert "Subject: [inactive_users] demo-aurora: 2 locked, 1 dropped, 1 ready to delete" in out
+        assert (
+            "Subject: [inactive_users] demo-aurora: 2 locked, 1 dropped, 1 ready to delete, 1 upcoming" in out
+        )
+        assert "Active" in rows["erin_80"]
+        assert "| Upcoming (within 14 days): 1" in out and "|   - erin_80: will be locked on " in out
         assert "blocked by: owns 1 object (pg_class) in database postgres" in out
         assert "demo-only-Passw0rd" not in out and "demo-only-Passw0rd" not in done.stderr
     log = (tmp_path / "demo" / "dags-test.log").read_text()
