@@ -43,6 +43,22 @@ def pytest_report_header() -> list[str]:
     return ["postgres versions: " + ", ".join(f"{b.version} ({b.bin_dir})" for b in _BINARIES)]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """``@pytest.mark.single_pg_version(reason)``: run on the newest PostgreSQL only, saying why.
+
+    For tests whose subject is not PostgreSQL (AWS faults, alert bookkeeping) but that need a
+    cluster: the other versions would only repeat them.
+    """
+    newest = _BINARIES[0].label if _BINARIES else None
+    for item in items:
+        marker = item.get_closest_marker("single_pg_version")
+        callspec = getattr(item, "callspec", None)
+        if marker is None or callspec is None or "pg_binaries" not in callspec.params:
+            continue
+        if callspec.params["pg_binaries"].label != newest:
+            item.add_marker(pytest.mark.skip(reason=f"runs on {newest} only: {marker.args[0]}"))
+
+
 @pytest.fixture(scope="session", params=_BINARIES, ids=[b.label for b in _BINARIES])
 def pg_binaries(request: pytest.FixtureRequest) -> PgBinaries:
     return request.param  # type: ignore[no-any-return]

@@ -130,6 +130,7 @@ def short_throttle_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
 # -- the engine through faults ------------------------------------------------------------------
 
 
+@pytest.mark.single_pg_version("the faults are AWS's; PostgreSQL is only the target")
 def test_transient_faults_give_exactly_the_fault_free_result(scenario: Scenario) -> None:
     sc = scenario
     instances = [sc.writer, sc.reader]
@@ -202,6 +203,7 @@ def test_transient_faults_give_exactly_the_fault_free_result(scenario: Scenario)
     assert outcome(sc) == reference
 
 
+@pytest.mark.single_pg_version("the faults are AWS's; PostgreSQL is only the target")
 @pytest.mark.usefixtures("short_throttle_backoff")
 def test_persistent_faults_fail_loudly_and_change_nothing(scenario: Scenario) -> None:
     sc = scenario
@@ -252,6 +254,7 @@ def test_persistent_faults_fail_loudly_and_change_nothing(scenario: Scenario) ->
         assert marks_after[instance] > marks_before[instance]  # type: ignore[operator]
 
 
+@pytest.mark.single_pg_version("the faults are AWS's; PostgreSQL is only the target")
 @pytest.mark.usefixtures("short_throttle_backoff")
 def test_throttled_describe_log_groups_is_not_reported_as_a_missing_log_group(scenario: Scenario) -> None:
     """A new reader whose stream does not exist yet, while DescribeLogGroups is being throttled.

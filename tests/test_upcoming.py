@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
-from devstack.pgcluster import PgBinaries
 from devstack.smtpsink import SmtpSink
 from inactive_users.alerts import compose, compose_contact_notice
 from inactive_users.notices import contact_address, fingerprint
@@ -165,11 +163,10 @@ def test_the_contact_notice_names_the_role_the_cluster_and_the_date() -> None:
 # -- end to end ------------------------------------------------------------------------------------
 
 
+@pytest.mark.single_pg_version("five DAG runs of alert bookkeeping; no SQL here differs by version")
 def test_upcoming_alerts_once_per_change_and_tells_each_contact_once(
-    scenario: Scenario, dag_harness: DagHarness, pg_binaries: PgBinaries, tmp_path: Path
+    scenario: Scenario, dag_harness: DagHarness
 ) -> None:
-    if pg_binaries.version != 18:
-        pytest.skip("runs on PostgreSQL 18 only: four DAG runs, and no SQL that differs by version")
     sc, h = scenario, dag_harness
     names = ["ana", "bob", "cat", "dan", "eve", "keeper"]
     for name in names:
