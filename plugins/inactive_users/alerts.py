@@ -29,12 +29,21 @@ ALERTING = {
 _ORDER = list(ALERTING)
 _CREDENTIALS_IN_URI = re.compile(r"(\w+://)[^/\s:@]+:[^/\s@]+@")
 _PASSWORD_PAIR = re.compile(r"(password\s*[=:]\s*)\S+", re.IGNORECASE)
+# A Slack webhook URL is its own credential: everything after /services/ (or /workflows/,
+# /triggers/) is the token; the token alone (T.../B.../secret) too.
+_WEBHOOK_URL = re.compile(r"(\w+://[^/\s]+/(?:services|workflows|triggers)/)[^\s'\"<>]+")
+_WEBHOOK_TOKEN = re.compile(r"\bT[A-Z0-9]+/B[A-Z0-9]+/\w+")
+
+#: Slack truncates a message's text past 40,000 characters (cutting off the end of the alert).
+SLACK_TEXT_LIMIT = 40_000
 
 
 @dataclass(frozen=True)
 class Alert:
     subject: str
     body: str
+    #: Where the complete record is, for a notifier that has to cut the body short (Slack).
+    full_record: str = "the task log in Airflow has the full alert"
 
 
 def alerting_outcomes(outcomes: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -110,7 +119,13 @@ def compose(
         "Unlock a role by triggering this DAG with unlock_users; finish a ReadyToDelete role by hand "
         "(REASSIGN OWNED / DROP OWNED in each database listed, then DROP ROLE).",
     ]
-    return Alert(subject, scrub("\n".join(lines)))
+    listing = (
+        "the plan task's log every planned role"
+        if dry_run
+        else f"action_history every action (run_id = '{run_id}')"
+    )
+    full_record = f"the alert task's log has this alert in full, {listing}"
+    return Alert(subject, scrub("\n".join(lines)), scrub(full_record))
 
 
 _WILL = {
@@ -172,7 +187,47 @@ def compose_failure(cluster_id: str, run_id: str, task_id: str, error: BaseExcep
 
 def scrub(text: str) -> str:
     """Remove credentials that might ride along in an error message."""
-    return _PASSWORD_PAIR.sub(r"\1***", _CREDENTIALS_IN_URI.sub(r"\1***@", text))
+    text = _CREDENTIALS_IN_URI.sub(r"\1***@", text)
+    text = _WEBHOOK_TOKEN.sub("***", _WEBHOOK_URL.sub(r"\1***", text))
+    return _PASSWORD_PAIR.sub(r"\1***", text)
+
+
+def slack_text(alert: Alert, limit: int = SLACK_TEXT_LIMIT) -> str:
+    """The Slack message: the subject in bold, the body in a code block.
+
+    A body too long for Slack is cut at a line, with a note saying how much is missing and where
+    the full record is, rather than letting Slack drop the end silently.
+    """
+    head, tail = f"*{_slack_escape(alert.subject)}*\n```", "```"
+    lines = _slack_escape(alert.body).split("\n")
+    text = head + "\n".join(lines) + tail
+    if _slack_len(text) <= limit:
+        return text
+
+    def note(missing: int) -> str:
+        return _slack_escape(
+            f"\n... {missing} more lines not shown here (Slack takes at most {limit:,} characters): "
+            f"{alert.full_record}."
+        )
+
+    budget = limit - _slack_len(head + tail + note(len(lines)))
+    kept = 0
+    for line in lines:
+        budget -= _slack_len(line) + 1
+        if budget < 0:
+            break
+        kept += 1
+    return head + "\n".join(lines[:kept]) + tail + note(len(lines) - kept)
+
+
+def _slack_escape(text: str) -> str:
+    # Slack reads <...> as links and mentions (<!channel>): a role name must not become one.
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _slack_len(text: str) -> int:
+    # Counted in UTF-16 code units, as Slack's JavaScript does: an emoji in a role name counts twice.
+    return len(text.encode("utf-16-le")) // 2
 
 
 def _subject(text: str) -> str:
@@ -183,7 +238,7 @@ def _subject(text: str) -> str:
 
 def send(alert: Alert, cfg: AlertConfig, *, aws_conn_id: str | None, region_name: str | None) -> list[str]:
     """Send through every configured notifier; returns where it went. One notifier failing is logged
-    and the others still run; if all configured notifiers fail, the last error is raised."""
+    and the others still run; if all configured notifiers fail, :class:`AlertNotSent` is raised."""
     notifiers: list[tuple[str, Callable[[], None]]] = []
     if cfg.sns_topic_arn:
         arn = cfg.sns_topic_arn
@@ -196,18 +251,29 @@ def send(alert: Alert, cfg: AlertConfig, *, aws_conn_id: str | None, region_name
     if not notifiers:
         log.warning("no notifier configured (alert.sns_topic_arn / slack_conn_id / email); alert only logged")
     sent: list[str] = []
-    errors: list[Exception] = []
+    errors: list[tuple[str, Exception]] = []
     for target, deliver in notifiers:
         try:
             deliver()
         except Exception as exc:
             log.error("alert to %s failed: %s", target, scrub(str(exc)))
-            errors.append(exc)
+            errors.append((target, exc))
         else:
             sent.append(target)
     if errors and not sent:
-        raise errors[-1]
+        raise AlertNotSent(errors)
     return sent
+
+
+class AlertNotSent(RuntimeError):
+    """Every configured notifier failed. The message names each one and its error, scrubbed; the
+    original exceptions are not chained because their text may hold a webhook token or password."""
+
+    def __init__(self, errors: Sequence[tuple[str, Exception]]) -> None:
+        super().__init__(
+            "no notifier delivered the alert: "
+            + "; ".join(f"{target}: {type(exc).__name__}: {scrub(str(exc))}" for target, exc in errors)
+        )
 
 
 def _send_sns(alert: Alert, topic_arn: str, aws_conn_id: str | None, region_name: str | None) -> None:
@@ -223,9 +289,26 @@ def _send_slack(alert: Alert, conn_id: str) -> None:
         from airflow.providers.slack.hooks.slack_webhook import SlackWebhookHook
     except ImportError as exc:
         raise RuntimeError(
-            "alert.slack_conn_id is set but apache-airflow-providers-slack is not installed"
+            f"alert.slack_conn_id is {conn_id!r} but apache-airflow-providers-slack is not installed: "
+            "install it where the tasks run, or set alert.slack_conn_id to null"
         ) from exc
-    SlackWebhookHook(slack_webhook_conn_id=conn_id).send(text=f"*{alert.subject}*\n```{alert.body}```")
+    SlackWebhookHook(slack_webhook_conn_id=conn_id, logger=_slack_sdk_log()).send(text=slack_text(alert))
+
+
+class _Scrub(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = scrub(record.getMessage()), None
+        return True
+
+
+def _slack_sdk_log() -> logging.Logger:
+    """The logger slack_sdk writes to: it logs the webhook URL (the token) when retrying, and with
+    the request body at DEBUG; so INFO at most, and every line scrubbed."""
+    logger = logging.getLogger("inactive_users.slack_sdk")
+    if not any(isinstance(f, _Scrub) for f in logger.filters):
+        logger.addFilter(_Scrub())
+    logger.setLevel(logging.INFO)
+    return logger
 
 
 def _send_email(alert: Alert, to: Sequence[str]) -> None:
