@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from inactive_users.config import _YAML_LOADER, ConfigError, dag_id_for, load, run_options
+from inactive_users.config import _YAML_LOADER, ConfigError, EvidenceConfig, dag_id_for, load, run_options
 
 ENTRY = {"cluster_id": "orders-prod", "postgres_conn_id": "orders_pg"}
 
@@ -40,6 +40,33 @@ def test_defaults_apply_and_clusters_override(tmp_path: Path) -> None:
     assert c.region_name == "eu-west-1" and c.aws_conn_id == "aws_default" and c.schedule == "@daily"
     assert c.alert.email == ("dba@example.com",) and c.alert.sns_topic_arn == "arn:aws:sns:eu-west-1:1:t"
     assert c.dag_id == "inactive_users__orders_prod"
+
+
+def test_evidence_is_set_in_defaults_and_per_cluster(tmp_path: Path) -> None:
+    doc = {
+        "defaults": {"evidence": {"s3_uri": "s3://audit-bucket/inactive-users"}},
+        "clusters": [
+            {**ENTRY, "aws_conn_id": "ops_aws"},  # prefix made a folder, SSE-S3, the cluster's connection
+            {
+                "cluster_id": "billing",
+                "postgres_conn_id": "b",
+                "evidence": {"kms_key_id": "alias/audit", "aws_conn_id": "audit_aws"},
+            },
+            {"cluster_id": "scratch", "postgres_conn_id": "s", "evidence": {"s3_uri": None}},  # off here
+            {"cluster_id": "root", "postgres_conn_id": "r", "evidence": {"s3_uri": "s3://audit.example"}},
+            {"cluster_id": "plain", "postgres_conn_id": "p", "aws_conn_id": None},
+        ],
+    }
+    loaded = load(write(tmp_path, doc))
+    assert loaded.errors == []
+    orders, billing, scratch, root, plain = loaded.clusters
+    assert orders.evidence == EvidenceConfig("audit-bucket", "inactive-users/", None, "ops_aws")
+    assert orders.evidence.s3_uri == "s3://audit-bucket/inactive-users/"
+    assert billing.evidence == EvidenceConfig("audit-bucket", "inactive-users/", "alias/audit", "audit_aws")
+    assert scratch.evidence is None
+    assert root.evidence == EvidenceConfig("audit.example", "", None, "aws_default")
+    assert plain.evidence == EvidenceConfig("audit-bucket", "inactive-users/", None, None)  # boto's chain
+    assert one(tmp_path).clusters[0].evidence is None  # not configured: no evidence
 
 
 def test_shipped_example_config_is_valid() -> None:
@@ -102,6 +129,30 @@ BAD_VALUES: list[tuple[dict[str, Any], str]] = [
     ({"instance_endpoints": {"i-1": "db-1:five"}}, "instance_endpoints['i-1'] must be 'host:port'"),
     ({"instance_endpoints": ["db-1:5432"]}, "instance_endpoints must be dict or null"),
     ({"global_secondaries": [{"cluster_id": "dr"}]}, "global_secondaries[1]: region_name must be an AWS"),
+    ({"evidence": "s3://audit/x"}, "evidence must be dict or null, got 's3://audit/x'"),
+    (
+        {"evidence": {"s3_uri": "https://audit.s3.amazonaws.com/x/"}},
+        "evidence.s3_uri must be 's3://<bucket>/<prefix>' with a valid bucket name (3-63 characters "
+        "a-z 0-9 . -), e.g. 's3://audit-bucket/inactive-users/', got 'https://audit.s3.amazonaws.com/x/'",
+    ),
+    ({"evidence": {"s3_uri": "s3:///inactive-users/"}}, "got 's3:///inactive-users/'"),
+    ({"evidence": {"s3_uri": "s3://Audit_Bucket/x/"}}, "valid bucket name"),
+    ({"evidence": {"s3_uri": "s3://audit//x/"}}, "empty path segment ('//') in 's3://audit//x/'"),
+    ({"evidence": {"s3_uri": 5}}, "evidence.s3_uri must be a string or null, got 5"),
+    (
+        {"evidence": {"s3_uri": "s3://audit/x/", "kms_key_id": "my key"}},
+        "evidence.kms_key_id must be a KMS key id, key ARN or alias ARN without spaces "
+        "(or null for SSE-S3), got 'my key'",
+    ),
+    (
+        {"evidence": {"kms_key_id": "alias/audit"}},
+        "evidence.s3_uri is missing (e.g. 's3://audit-bucket/inactive-users/')",
+    ),
+    ({"evidence": {"s3_uri": "s3://audit/x/", "aws_conn_id": 3}}, "evidence.aws_conn_id must be a string"),
+    (
+        {"evidence": {"bucket": "audit"}},
+        "unknown key evidence.bucket (allowed: s3_uri, kms_key_id, aws_conn_id)",
+    ),
     (
         {"global_secondaries": [{"cluster_id": "dr", "region_name": "eu-west-1", "instances": []}]},
         "global_secondaries[1]: unknown key(s) ['instances']",
@@ -110,16 +161,25 @@ BAD_VALUES: list[tuple[dict[str, Any], str]] = [
 
 
 def test_every_key_has_a_bad_value_case() -> None:
-    from inactive_users.config import ALERT_KEYS, CLUSTER_ONLY_KEYS, ENGINE_KEYS, OTHER_DEFAULT_KEYS
+    from inactive_users.config import (
+        ALERT_KEYS,
+        CLUSTER_ONLY_KEYS,
+        ENGINE_KEYS,
+        EVIDENCE_KEYS,
+        OTHER_DEFAULT_KEYS,
+    )
 
     covered = {next(iter(entry)) for entry, _ in BAD_VALUES}
     alerts = [entry["alert"] for entry, _ in BAD_VALUES if isinstance(entry.get("alert"), dict)]
     covered |= {f"alert.{k}" for alert in alerts for k in alert}
+    evidence = [e["evidence"] for e, _ in BAD_VALUES if isinstance(e.get("evidence"), dict)]
+    covered |= {f"evidence.{k}" for ev in evidence for k in ev}
     expected = (
         set(ENGINE_KEYS)
         | set(OTHER_DEFAULT_KEYS)
         | set(CLUSTER_ONLY_KEYS)
         | {f"alert.{k}" for k in ALERT_KEYS}
+        | {f"evidence.{k}" for k in EVIDENCE_KEYS}
     )
     assert expected - covered == set()
 

@@ -25,10 +25,11 @@ EDGES = {
     "ingest_logins": {"plan"},
     "plan": {"choose_actions"},
     "choose_actions": {"lock_users", "delete_users", "nothing_to_do"},
-    "lock_users": {"delete_users", "alert"},
-    "delete_users": {"alert"},
-    "nothing_to_do": {"alert"},
+    "lock_users": {"delete_users", "alert", "write_evidence"},
+    "delete_users": {"alert", "write_evidence"},
+    "nothing_to_do": {"alert", "write_evidence"},
     "alert": {"report"},
+    "write_evidence": {"report"},
     "report": set(),
 }
 
@@ -69,7 +70,7 @@ def test_every_cluster_yields_a_dag_with_the_fixed_tasks(
             "override_retention",
         }
         rules = {t.task_id: TriggerRule(t.trigger_rule).value for t in dag.tasks}
-        assert rules["report"] == "all_done"
+        assert rules["report"] == rules["write_evidence"] == "all_done"
         assert rules["alert"] == rules["delete_users"] == "none_failed_min_one_success"
         assert dag.task_dict["preflight"].retries == 2
         assert dag.task_dict["preflight"].on_failure_callback
@@ -154,8 +155,8 @@ def test_params_are_what_airflow_builds_from_dag_params(tmp_path: Path) -> None:
     # every task has Param objects of its own, as with Airflow's deep copies
     params = [dag.params.get_param(k) for k in dag.params]
     params += [t.params.get_param(k) for t in dag.tasks for k in t.params]
-    assert len({id(p) for p in params}) == len(params) == 11 * 7
-    assert len({id(p.value) for p in params if isinstance(p.value, list)}) == 11 * 2
+    assert len({id(p) for p in params}) == len(params) == (1 + len(TASK_IDS)) * 7
+    assert len({id(p.value) for p in params if isinstance(p.value, list)}) == (1 + len(TASK_IDS)) * 2
 
 
 def test_a_bad_param_default_fails_as_airflow_fails_it() -> None:

@@ -367,7 +367,9 @@ def delete_roles(
                 history.append(("drop_failed", name, item.oid, failed[name], {}))
             elif name in dropped_set:
                 report.outcomes.append(Outcome(name, "dropped", reason, last))
-                history.append(("drop", name, item.oid, _why(item), {"status_before": facts[name].status}))
+                # the status row goes with the role: its last login stays in the history (evidence)
+                detail = {"status_before": facts[name].status, "last_login": last}
+                history.append(("drop", name, item.oid, _why(item), detail))
             elif name in flag_failed:
                 report.outcomes.append(Outcome(name, "failed", flag_failed[name], last, blocked[name]))
                 history.append(("flag_failed", name, item.oid, flag_failed[name], {}))

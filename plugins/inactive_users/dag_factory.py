@@ -42,6 +42,7 @@ TASK_IDS = (
     "delete_users",
     "nothing_to_do",
     "alert",
+    "write_evidence",
     "report",
 )
 CONFIG_ERRORS_DAG_ID = "inactive_users__config_errors"
@@ -215,6 +216,13 @@ def build_dag(cluster: ClusterConfig) -> DAG:
         def alert(**context: Any) -> dict[str, Any]:
             return steps.alert(cluster, context)
 
+        # after the actions, whichever ran or failed: the evidence shows the state they left
+        # (the task skips itself when the plan did not finish, in a dry run, or when unconfigured)
+        @task(task_id="write_evidence", trigger_rule=TriggerRule.ALL_DONE, multiple_outputs=True)
+        @_signature_once
+        def write_evidence(**context: Any) -> dict[str, Any]:
+            return steps.write_evidence(cluster, context)
+
         @task(task_id="report", trigger_rule=TriggerRule.ALL_DONE, retries=0, multiple_outputs=True)
         @_signature_once
         def report(**context: Any) -> dict[str, Any]:
@@ -225,9 +233,10 @@ def build_dag(cluster: ClusterConfig) -> DAG:
         preflight() >> sync_roles() >> ingest_logins() >> plan() >> branch
         branch >> [lock, delete, idle]
         lock >> delete
-        notify = alert()
+        notify, evidence = alert(), write_evidence()
         [lock, delete, idle] >> notify
-        notify >> report()
+        [lock, delete, idle] >> evidence
+        [notify, evidence] >> report()
     attach_params(dag, cluster)
     return dag
 
@@ -324,4 +333,9 @@ def _doc(cluster: ClusterConfig) -> str:
         "Trigger with `unlock_users` to unlock roles; with `dry_run: true` and `as_of` to preview a date.\n\n"
         f"State: schema `{s.state_schema}` in the target database "
         "(`user_login_status`, `action_history`, `planned_action`)."
+        + (
+            f" Evidence for auditors: `{cluster.evidence.s3_uri}{cluster.cluster_id}/`."
+            if cluster.evidence
+            else ""
+        )
     )

@@ -18,7 +18,7 @@ from typing import Protocol, cast
 
 import psycopg
 
-from inactive_users import actions, migrations, notices, planstore, state
+from inactive_users import actions, evidencestore, migrations, notices, planstore, state
 from inactive_users.actions import ActionReport, Outcome
 from inactive_users.alerts import scrub
 from inactive_users.cloudwatch import LogSourceError
@@ -298,6 +298,14 @@ class Engine:
         """The (name, OID) pairs this run's plan task recorded for ``action`` (lock or delete)."""
         with self.connection() as conn:
             return planstore.fetch(conn, self.schema, self.run_id, action)
+
+    def evidence_snapshot(self) -> evidencestore.Snapshot:
+        """The state schema after this run's actions, for its evidence (read only)."""
+        with self.connection() as conn:
+            exclusions = self.exclusions(conn)
+            return evidencestore.snapshot(
+                conn, self.schema, self.run_id, exclusions, self.settings.exempt_groups
+            )
 
     def lock(self, plan: Plan) -> ActionReport:
         self._check_guard(plan)

@@ -13,15 +13,16 @@ record of what was done is ``action_history``.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from inactive_users import alerts, notices, topology
+from inactive_users import alerts, evidence, evidencestore, notices, topology
 from inactive_users.actions import ActionReport, Outcome
 from inactive_users.cloudwatch import LogSourceError
 from inactive_users.config import ClusterConfig, ConfigError, RunOptions, run_options
@@ -190,6 +191,8 @@ def _plan_summary(the_plan: Plan) -> dict[str, Any]:
         "delete_sample": _names(delete),
         "kept_active_session_total": len(the_plan.kept_active_session),
         "kept_active_session_sample": _names(the_plan.kept_active_session),
+        "kept_pending_login_total": len(the_plan.kept_pending_login),
+        "kept_pending_login_sample": _names(the_plan.kept_pending_login),
         "excluded": len(the_plan.excluded),
         "guard_error": the_plan.guard_error,
     }
@@ -519,6 +522,127 @@ def _notify_contacts(
     return sent
 
 
+def write_evidence(cluster: ClusterConfig, context: Mapping[str, Any]) -> dict[str, Any]:
+    """Write the run's evidence for auditors to S3: every tracked role after the actions, and a manifest.
+
+    Real runs only (a dry run changes nothing). A failure fails this task, and so the run, after
+    its actions: they stand, and the message says that only the evidence is missing.
+    """
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+    ev = cluster.evidence
+    if ev is None:
+        raise AirflowSkipException("evidence.s3_uri is not configured for this cluster: no evidence written")
+    planned = context["ti"].xcom_pull(task_ids="plan") or {}
+    if not planned:
+        raise AirflowSkipException(
+            "the plan task did not finish, so nothing was acted on: no evidence written"
+        )
+    if planned.get("dry_run"):
+        raise AirflowSkipException("dry run: nothing was changed, no evidence written")
+    run_id = str(context["run_id"])
+    with permanent_errors():
+        eng, opts, instances = _from_preflight(cluster, context)
+        snap = eng.evidence_snapshot()
+    outcomes = {o["name"]: o for s in _action_results(context) for o in s.get("outcomes_sample") or []}
+    rows = evidence.build_rows(
+        snap.roles,
+        as_of=datetime.fromisoformat(planned["as_of"]),
+        thresholds=opts.settings.thresholds(),
+        kept_session=set(planned.get("kept_active_session_sample") or ()),
+        kept_settling=set(planned.get("kept_pending_login_sample") or ()),
+        outcomes=outcomes,
+    )
+    body = evidence.to_csv(rows)
+    logical_date = _logical_date(context)
+    csv_key, manifest_key = evidence.object_keys(ev.prefix, cluster.cluster_id, logical_date.date(), run_id)
+    csv_uri = f"s3://{ev.bucket}/{csv_key}"
+    manifest = evidence.manifest(
+        cluster_id=cluster.cluster_id,
+        dag_id=cluster.dag_id,
+        run_id=run_id,
+        logical_date=logical_date,
+        evaluated_at=datetime.fromisoformat(planned["as_of"]),
+        settings=_evidence_settings(opts, instances),
+        rows=rows,
+        csv_bytes=body,
+        csv_uri=csv_uri,
+        job_user=snap.job_user,
+        encryption=evidencestore.encryption_args(ev),
+        written_at=datetime.now(UTC),
+    )
+    sha256 = hashlib.sha256(body).hexdigest()  # as the manifest records it
+    try:
+        evidencestore.upload(
+            ev,
+            [(csv_key, body, "text/csv; charset=utf-8"), (manifest_key, manifest, "application/json")],
+            {"cluster-id": cluster.cluster_id, "csv-sha256": sha256},
+        )
+    except evidencestore.EvidenceError as exc:
+        message = (
+            f"{exc}. This run's actions are done and recorded in {eng.schema}.action_history "
+            f"(run_id {run_id!r}); only its evidence is missing. Fix the cause, then clear this "
+            "task: it rewrites this run's evidence."
+        )
+        log.error("%s", message)
+        if exc.permanent:
+            raise AirflowFailException(message) from exc
+        raise evidencestore.EvidenceError(message, permanent=False) from exc
+    log.info(
+        "evidence written to %s (%d roles, %d bytes, sha256 %s) and s3://%s/%s",
+        csv_uri,
+        len(rows),
+        len(body),
+        sha256,
+        ev.bucket,
+        manifest_key,
+    )
+    return {
+        "csv": csv_uri,
+        "manifest": f"s3://{ev.bucket}/{manifest_key}",
+        "roles": len(rows),
+        "bytes": len(body),
+        "sha256": sha256,
+    }
+
+
+def _logical_date(context: Mapping[str, Any]) -> datetime:
+    """The run's logical date in UTC; a manual run without one (Airflow 3) uses when it was due to run."""
+    dag_run = context.get("dag_run")
+    for when in (
+        context.get("logical_date"),
+        getattr(dag_run, "run_after", None),
+        getattr(dag_run, "start_date", None),
+    ):
+        if isinstance(when, datetime):
+            return when.astimezone(UTC)
+    return datetime.now(UTC)
+
+
+def _evidence_settings(opts: RunOptions, instances: Sequence[str]) -> dict[str, Any]:
+    """The settings the run's decisions were made with, as the manifest records them."""
+    s = opts.settings
+    return {
+        "lock_after_days": s.lock_after_days,
+        "delete_after_days": s.delete_after_days,
+        "lock_method": s.lock_method,
+        "warn_before_days": s.warn_before_days,
+        "max_action_ratio": s.max_action_ratio,
+        "override_guard": s.override_guard,
+        "exclude_users": list(s.exclude_users),
+        "exclude_patterns": list(s.exclude_patterns),
+        "exempt_groups": list(s.exempt_groups),
+        "include_superusers": s.include_superusers,
+        "settle_seconds": s.settle_seconds,
+        "max_log_gap_hours": s.max_log_gap_hours,
+        "state_schema": s.state_schema,
+        "unlock_users": list(opts.unlock_users),
+        "override_retention": opts.override_retention,
+        "instances": list(instances),
+        "sources": dict(opts.sources),
+    }
+
+
 class RunHadFailures(RuntimeError):
     """Raised by ``report`` so the DAG run is marked failed; failures were already alerted."""
 
@@ -563,7 +687,15 @@ def report(cluster: ClusterConfig, context: Mapping[str, Any]) -> dict[str, Any]
         listed = f"{failed} {names}" if failed else "none"
         if failed > len(names):
             listed += f" (the first {len(names)} listed)"
-        raise RunHadFailures(f"failed tasks: {failed_tasks or 'none'}; roles whose action failed: {listed}")
+        note = ""
+        if "write_evidence" in failed_tasks:
+            note = (
+                "; the run's actions are done (see action_history), but its evidence was not written: "
+                "see the write_evidence task log"
+            )
+        raise RunHadFailures(
+            f"failed tasks: {failed_tasks or 'none'}; roles whose action failed: {listed}{note}"
+        )
     return {"outcomes": total, "failed": 0}
 
 
