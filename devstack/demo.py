@@ -7,6 +7,8 @@ the real DAG with ``airflow dags test``; prints what happened; stops everything 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -32,6 +34,8 @@ WORK = Path(os.environ.get("INACTIVE_USERS_DEMO_DIR", ROOT / ".demo"))
 CLUSTER = "demo-aurora"
 DAG_ID = "inactive_users__demo_aurora"
 PASSWORD = "demo-only-Passw0rd"  # a throwaway password for this local demo
+EVIDENCE_BUCKET = "demo-audit-evidence"
+EVIDENCE_URI = f"s3://{EVIDENCE_BUCKET}/inactive-users/"
 
 
 def step(n: int, total: int, text: str) -> None:
@@ -52,9 +56,13 @@ def main() -> int:
         step(
             2,
             total,
-            f"creating RDS cluster {CLUSTER!r} (2 instances, postgresql log export), SNS topic + SQS queue",
+            f"creating RDS cluster {CLUSTER!r} (2 instances, postgresql log export), SNS topic + SQS queue, "
+            f"S3 bucket {EVIDENCE_BUCKET!r} for the evidence",
         )
-        rds, logs, sns, sqs = (boto_client(moto.endpoint_url, s) for s in ("rds", "logs", "sns", "sqs"))
+        rds, logs, sns, sqs, s3 = (
+            boto_client(moto.endpoint_url, s) for s in ("rds", "logs", "sns", "sqs", "s3")
+        )
+        s3.create_bucket(Bucket=EVIDENCE_BUCKET)
         writer, reader = create_aurora(rds, CLUSTER, master_user=MASTER, exports=["postgresql"])
         topic_arn, queue_url = alert_topic_with_queue(sns, sqs, "dba-alerts", "dba-inbox")
         write_config(topic_arn, {writer: f"127.0.0.1:{pg.port}", reader: f"127.0.0.1:{pg.port}"})
@@ -93,6 +101,7 @@ def main() -> int:
         print_table(before, after)
         alerts = drain_alerts(sqs, queue_url)
         print_alerts(alerts)
+        copies = fetch_evidence(s3)
         print(f"Task logs of the run: {log_path}")
         print(f"Demo config: {WORK / 'demo.yaml'}")
         print(f"Done in {time.monotonic() - started:.0f} s; PostgreSQL and moto are being stopped.")
@@ -101,6 +110,9 @@ def main() -> int:
             return code
         if not alerts:
             print("no alert was delivered; see the task logs", file=sys.stderr)
+            return 1
+        if not copies:
+            print(f"no evidence was written to {EVIDENCE_URI}; see the task logs", file=sys.stderr)
             return 1
     return 0
 
@@ -120,6 +132,7 @@ def write_config(topic_arn: str, endpoints: dict[str, str]) -> None:
             "settle_seconds": 0,  # the demo reads logins seconds after they happen
             "retries": 0,
             "alert": {"sns_topic_arn": topic_arn},
+            "evidence": {"s3_uri": EVIDENCE_URI},  # SSE-S3; add kms_key_id for SSE-KMS
         },
         "clusters": [
             {
@@ -192,6 +205,28 @@ def print_alerts(alerts: list[dict[str, str]]) -> None:
         for line in a["message"].splitlines():
             print(f"  | {line}")
         print()
+
+
+def fetch_evidence(s3: Any) -> list[Path]:
+    """Download the run's evidence (CSV and manifest) into the work dir; say where both are."""
+    listed = s3.list_objects_v2(Bucket=EVIDENCE_BUCKET, Prefix=EVIDENCE_URI.split("/", 3)[3])
+    copies = []
+    for obj in sorted(listed.get("Contents", []), key=lambda o: o["Key"]):
+        copy = WORK / "evidence" / Path(obj["Key"]).name
+        copy.parent.mkdir(exist_ok=True)
+        copy.write_bytes(s3.get_object(Bucket=EVIDENCE_BUCKET, Key=obj["Key"])["Body"].read())
+        print(f"evidence written to s3://{EVIDENCE_BUCKET}/{obj['Key']} ; a copy at {copy}")
+        copies.append(copy)
+    manifests = [c for c in copies if c.suffix == ".json"]
+    for manifest in manifests:
+        doc = json.loads(manifest.read_text(encoding="utf-8"))
+        csv_copy = manifest.with_suffix(".csv")
+        ok = csv_copy.exists() and hashlib.sha256(csv_copy.read_bytes()).hexdigest() == doc["csv"]["sha256"]
+        statuses = ", ".join(f"{n} {s}" for s, n in doc["counts_by_status"].items())
+        verdict = "matches" if ok else "DOES NOT match"
+        print(f"      {doc['roles']} roles ({statuses}); the CSV's SHA-256 {verdict} the manifest")
+    print()
+    return copies
 
 
 def run(cmd: list[str], env: dict[str, str], log: Path, check: bool = True) -> int:

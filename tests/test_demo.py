@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -10,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from inactive_users.evidence import read_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,6 +49,19 @@ def test_demo_shows_every_outcome_and_leaves_nothing_running(tmp_path: Path) -> 
         assert "| Upcoming (within 14 days): 1" in out and "|   - erin_80: will be locked on " in out
         assert "blocked by: owns 1 object (pg_class) in database postgres" in out
         assert "demo-only-Passw0rd" not in out and "demo-only-Passw0rd" not in done.stderr
+        # the run's evidence, written to the moto bucket and copied where the demo says
+        written = re.findall(r"^evidence written to (s3://\S+) ; a copy at (.+)$", out, flags=re.M)
+        assert [Path(uri).suffix for uri, _ in written] == [".csv", ".json"], out
+        for uri, copy in written:
+            assert uri.startswith("s3://demo-audit-evidence/inactive-users/demo-aurora/")
+            assert Path(copy).is_file() and Path(copy).name == uri.rsplit("/", 1)[1]
+        (_, csv_copy), (_, manifest_copy) = written
+        evidence = {r["user_name"]: r for r in read_csv(Path(csv_copy).read_bytes())}
+        assert (evidence["ana_100"]["status"], evidence["ana_100"]["action"]) == ("Locked", "lock")
+        assert evidence["carl_200"]["status"] == "Dropped"
+        assert "in database postgres" in evidence["bob_200_owner"]["blockers"]
+        assert json.loads(Path(manifest_copy).read_text())["csv"]["uri"] == written[0][0]
+        assert "the CSV's SHA-256 matches the manifest" in out
     log = (tmp_path / "demo" / "dags-test.log").read_text()
     assert "demo-only-Passw0rd" not in log and "demo-role-Passw0rd" not in log
     ports = re.search(r"PostgreSQL \d+ on 127\.0\.0\.1:(\d+), moto on http://127\.0\.0\.1:(\d+)", out)

@@ -106,9 +106,12 @@ def test_the_airflow_trigger_command_creates_a_run(airflow_db: None, monkeypatch
 
 
 def test_iam_policy_names_exactly_the_calls_the_code_makes() -> None:
-    [policy] = [json.loads(b) for b in blocks("json")]
+    [policy] = [json.loads(b) for b in blocks("json") if '"Statement"' in b]
     actions = {a for st in policy["Statement"] for a in st["Action"]}
     assert actions == {
+        "s3:PutObject",
+        "kms:GenerateDataKey",
+        "kms:Decrypt",
         "rds:DescribeDBClusters",
         "rds:DescribeDBInstances",
         "rds:DescribeGlobalClusters",
@@ -136,6 +139,42 @@ def test_iam_policy_names_exactly_the_calls_the_code_makes() -> None:
     }
     other_boto = set(re.findall(r"client\.([a-z_]+)\(", source)) - calls
     assert other_boto == set(), other_boto
+    # the evidence: PutObject through S3Hook (SSE-KMS: GenerateDataKey, and Decrypt for multipart)
+    assert re.findall(r"hook\.(load_\w+)\(", source) == ["load_bytes"]
+    assert '"ServerSideEncryption": "aws:kms"' in source and "replace=True" in source
+
+
+def test_the_evidence_samples_have_the_columns_and_keys_the_code_writes() -> None:
+    from datetime import UTC, datetime
+
+    from inactive_users.evidence import COLUMNS, manifest, read_csv
+
+    [sample_csv] = blocks("csv")
+    rows = read_csv(sample_csv.encode() + b"\r\n")
+    assert list(rows[0]) == list(COLUMNS) and len(rows) >= 3
+    [sample] = [json.loads(b) for b in blocks("json") if '"counts_by_status"' in b]
+    now = datetime.now(UTC)
+    made = json.loads(
+        manifest(
+            cluster_id="c",
+            dag_id="d",
+            run_id="r",
+            logical_date=now,
+            evaluated_at=now,
+            settings={},
+            rows=[],
+            csv_bytes=b"",
+            csv_uri="s3://b/c.csv",
+            job_user={},
+            encryption={},
+            written_at=now,
+        )
+    )
+    assert list(sample) == list(made)
+    assert set(sample["csv"]) <= set(made["csv"])
+    assert {"evidence.s3_uri", "evidence.kms_key_id", "evidence.aws_conn_id"} <= set(
+        re.findall(r"^\| `([a-z0-9_.]+)` \|", README, flags=re.M)
+    )
 
 
 def test_secrets_backend_class_exists() -> None:
@@ -149,7 +188,7 @@ def test_documented_config_keys_are_the_accepted_ones() -> None:
     from inactive_users.config import ALERT_KEYS, CLUSTER_ONLY_KEYS, ENGINE_KEYS, OTHER_DEFAULT_KEYS
 
     table = re.findall(r"^\| `([a-z_.]+)` \|", README, flags=re.M)
-    documented = {k for k in table if not k.startswith("alert.")} | {"alert"}
+    documented = {k for k in table if not k.startswith(("alert.", "evidence."))} | {"alert", "evidence"}
     documented |= {k for k in re.findall(r"`([a-z_]+)`", README) if k in CLUSTER_ONLY_KEYS}
     assert set(ENGINE_KEYS) | set(OTHER_DEFAULT_KEYS) <= documented
     assert set(CLUSTER_ONLY_KEYS) <= documented
