@@ -287,8 +287,11 @@ def test_a_missing_bucket_fails_the_run_after_its_actions(
     assert sc.role("idle100")["can_login"] is False  # type: ignore[index]
     out, err = capfd.readouterr()
     logs = out + err
-    prefix = f"evidence not written to s3://no-such-evidence-bucket/audit/{sc.cluster_id}/"
-    assert prefix in logs and "NoSuchBucket" in logs
+    [run_id] = {r for _, _, r in sc.history("lock")}
+    key = (
+        re.escape(f"audit/{sc.cluster_id}/") + r"\d{4}-\d{2}-\d{2}/" + re.escape(key_name(run_id)) + r"\.csv"
+    )
+    assert re.search(r"evidence not written to s3://no-such-evidence-bucket/" + key + ": NoSuchBucket", logs)
     assert "This run's actions are done and recorded in inactive_users.action_history" in logs
     assert "its evidence was not written: see the write_evidence task log" in logs
     assert sc.pg.password not in logs
