@@ -295,3 +295,32 @@ def test_a_missing_bucket_fails_the_run_after_its_actions(
     assert "This run's actions are done and recorded in inactive_users.action_history" in logs
     assert "its evidence was not written: see the write_evidence task log" in logs
     assert sc.pg.password not in logs
+
+
+def test_the_snapshot_has_tracked_roles_this_runs_actions_and_dropped_roles(scenario: Scenario) -> None:
+    """The state-schema read (no DAG): one consistent picture, on every PostgreSQL version."""
+    sc = scenario
+    for name in ("idle100", "gone200", "owner200", "fresh", 'We"ird 👀'):
+        sc.create_role(name)
+    sc.sql("CREATE TABLE owned (id int)")
+    sc.sql("ALTER TABLE owned OWNER TO owner200")
+    eng = sc.engine(run_id="seed", max_action_ratio=1.0)
+    eng.migrate()
+    eng.sync_roles()
+    for name, days in (("idle100", 100), ("gone200", 200), ("owner200", 200)):
+        sc.set_last_login(name, days)
+    sc.ship()
+    run = sc.engine(run_id="evidence-run", max_action_ratio=1.0)
+    run.run([sc.writer])
+    snap = run.evidence_snapshot()
+    facts = {f.user_name: f for f in snap.roles}
+    assert set(facts) == set(sc.statuses()) | {"gone200"}
+    assert facts["idle100"].actions == (("lock", facts["idle100"].actions[0][1]),)
+    assert facts["idle100"].status == LOCKED
+    assert facts["gone200"].status is None and [a for a, _ in facts["gone200"].actions] == ["drop"]
+    assert facts["gone200"].last_login is not None  # kept in the drop's history row
+    assert facts["owner200"].status == READY_TO_DELETE and "owns 1 object" in (
+        facts["owner200"].blockers or ""
+    )
+    assert facts['We"ird 👀'].actions == () and facts["fresh"].actions == ()  # added by the seed run
+    assert snap.job_user["session_user"] == sc.sql("SELECT current_user::text")[0][0]
