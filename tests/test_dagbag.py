@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import copy
 import gc
 import inspect
 import socket
-from datetime import datetime
 from pathlib import Path
 
 import pytest
 import yaml
-from airflow.sdk import DAG, Param, TriggerRule, task
-from airflow.sdk.definitions.param import ParamsDict
+from airflow.sdk import TriggerRule, task
 
 from inactive_users.config import ClusterConfig, load
-from inactive_users.dag_factory import TASK_IDS, build_dag, build_dags, check_defaults, params_for
+from inactive_users.dag_factory import TASK_IDS, build_dag, build_dags, params_for
 
 DAGS = Path(__file__).resolve().parents[1] / "dags"
 
@@ -132,42 +129,38 @@ def cluster_from(tmp_path: Path, **entry: object) -> ClusterConfig:
     return cluster
 
 
-def described(params: ParamsDict) -> list[tuple[str, object, object, object, object]]:
-    return [(k, p.value, p.description, p.schema, p.source) for k, p in params.items()]
-
-
-def test_params_are_what_airflow_builds_from_dag_params(tmp_path: Path) -> None:
-    """attach_params leaves the DAG and its tasks as building the DAG with params= would."""
+def test_the_trigger_form_is_the_dags_params_and_each_task_has_its_own_copy(tmp_path: Path) -> None:
     cluster = cluster_from(tmp_path, exclude_users=["app"], dry_run=True, lock_after_days=30)
-    with DAG(
-        "reference", schedule="@daily", start_date=datetime(2024, 1, 1), params=params_for(cluster)
-    ) as ref:
-
-        @task
-        def probe() -> None: ...
-
-        probe()
     dag = build_dag(cluster)
-    assert described(dag.params) == described(ref.params)
-    [ref_task] = ref.tasks
+    form = [(k, p.value, p.description, p.schema) for k, p in params_for(cluster).items()]
+    assert [(k, p.value, p.description, p.schema) for k, p in dag.params.items()] == form
+    assert dag.params["dry_run"] is True and dag.params["exclude_users"] == ["app"]
     for t in dag.tasks:
-        assert described(t.params) == described(ref_task.params)
-    # every task has Param objects of its own, as with Airflow's deep copies
+        assert [(k, p.value, p.description, p.schema) for k, p in t.params.items()] == form
+        assert {p.source for p in t.params.values()} == {"dag"}
     params = [dag.params.get_param(k) for k in dag.params]
     params += [t.params.get_param(k) for t in dag.tasks for k in t.params]
     assert len({id(p) for p in params}) == len(params) == (1 + len(TASK_IDS)) * 7
     assert len({id(p.value) for p in params if isinstance(p.value, list)}) == (1 + len(TASK_IDS)) * 2
 
 
-def test_a_bad_param_default_fails_as_airflow_fails_it() -> None:
-    bad = {"days": Param(0, type="integer", minimum=1), "ok": Param("x", type="string")}
-    with pytest.raises(ValueError) as airflow_error:
-        DAG("d", schedule="@daily", start_date=datetime(2024, 1, 1), params=copy.deepcopy(bad))
-    with pytest.raises(ValueError) as ours:
-        check_defaults("d", ParamsDict(bad))
-    assert str(ours.value) == str(airflow_error.value)
-    assert str(ours.value.__cause__) == str(airflow_error.value.__cause__)
-    check_defaults("d", ParamsDict({"days": Param(1, type="integer", minimum=1)}))  # valid: no error
+def test_a_bad_param_default_is_refused_by_the_config_naming_the_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Airflow would refuse it too ("not allowed to define a Schedule"), naming only the DAG."""
+    doc = {
+        "clusters": [
+            {"cluster_id": "orders-prod", "postgres_conn_id": "pg", "lock_after_days": 0},
+            {"cluster_id": "billing", "postgres_conn_id": "pg", "exclude_users": ["app", 7]},
+            {"cluster_id": "crm", "postgres_conn_id": "pg"},
+        ]
+    }
+    bag = bag_for(tmp_path, monkeypatch, doc)
+    assert bag.dag_ids == ["inactive_users__crm"]  # type: ignore[attr-defined]
+    [error] = bag.import_errors.values()  # type: ignore[attr-defined]
+    assert "clusters[1] ('orders-prod'): lock_after_days must be a whole number of days >= 1" in error
+    assert "clusters[2] ('billing'): exclude_users must be a list of strings" in error
+    assert "not allowed to define a Schedule" not in error
 
 
 def test_what_is_stated_for_airflow_is_what_it_would_work_out(tmp_path: Path) -> None:
@@ -191,3 +184,49 @@ def test_building_leaves_the_garbage_collector_as_it_was(tmp_path: Path) -> None
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def split_fleet(folder: Path, parts: dict[str, list[str]]) -> None:
+    """One DAG file per YAML, as the README shows for a fleet split across files."""
+    for name, cluster_ids in parts.items():
+        config_path = folder / f"{name}.yaml"
+        clusters = [{"cluster_id": c, "postgres_conn_id": "pg"} for c in cluster_ids]
+        config_path.write_text(yaml.safe_dump({"clusters": clusters}), encoding="utf-8")
+        (folder / f"inactive_users_{name}.py").write_text(
+            "# Airflow DAG file: the inactive_users DAGs of one part of the fleet\n"
+            "from inactive_users.dag_factory import build_dags\n\n"
+            f"globals().update(build_dags({str(config_path)!r}))\n",
+            encoding="utf-8",
+        )
+
+
+def test_a_fleet_split_across_dag_files_loads_every_part(tmp_path: Path) -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    split_fleet(tmp_path, {"east": ["orders-prod", "billing"], "west": ["crm"]})
+    bag = DagBag(dag_folder=str(tmp_path))
+    assert bag.import_errors == {}
+    files = {d: Path(bag.dags[d].fileloc).name for d in bag.dag_ids}
+    assert files == {
+        "inactive_users__orders_prod": "inactive_users_east.py",
+        "inactive_users__billing": "inactive_users_east.py",
+        "inactive_users__crm": "inactive_users_west.py",
+    }
+
+
+def test_a_cluster_in_two_parts_of_the_fleet_is_reported_naming_both_files(tmp_path: Path) -> None:
+    """Seen when one process parses the whole folder (``airflow dags list-import-errors --local``)."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    split_fleet(tmp_path, {"east": ["orders-prod", "billing"], "west": ["crm", "billing"]})
+    bag = DagBag(dag_folder=str(tmp_path))
+    assert sorted(bag.dag_ids) == [
+        "inactive_users__billing",
+        "inactive_users__crm",
+        "inactive_users__orders_prod",
+    ]
+    [(path, error)] = bag.import_errors.items()
+    assert Path(path).name == "inactive_users_west.py"
+    assert "Ignoring DAG inactive_users__billing from" in error
+    assert f"also found in {tmp_path / 'inactive_users_east.py'}" in error
+    assert Path(bag.dags["inactive_users__billing"].fileloc).name == "inactive_users_east.py"

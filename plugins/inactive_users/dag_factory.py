@@ -5,10 +5,11 @@ Airflow hooks are imported inside tasks (psycopg, though, comes in through ``ste
 entry becomes an import error that names it, while the other clusters' DAGs still load.
 
 Airflow parses the file every few minutes and a fleet has hundreds of clusters, so the cost per DAG
-matters (bench/bench_fleet_parse.py). The DAGs are the ones plain TaskFlow code would give, minus
-work Airflow repeats for every DAG: the params are attached once the tasks exist
-(``attach_params``), each task's ``multiple_outputs`` is stated rather than inferred, each step's
-signature is computed once (``_signature_once``), and the garbage collector waits (``_gc_paused``).
+matters (bench/bench_fleet_parse.py). The DAGs are built through Airflow's public API only
+(``DAG(params=...)``, TaskFlow tasks), so Airflow copies the trigger form into each task and checks
+a scheduled DAG's defaults itself. What is saved is saved in our own code: each task's
+``multiple_outputs`` is stated rather than inferred, each step's signature is computed once
+(``_signature_once``), and the garbage collector waits (``_gc_paused``).
 """
 
 from __future__ import annotations
@@ -17,17 +18,13 @@ import contextlib
 import functools
 import gc
 import inspect
-import json
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from os import PathLike
 from types import CodeType
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
-import jsonschema
 from airflow.sdk import DAG, Param, TriggerRule, get_parsing_context, task
-from airflow.sdk.definitions.param import ParamsDict
-from airflow.sdk.exceptions import ParamValidationError
 
 from inactive_users import config, steps
 from inactive_users.config import ClusterConfig, LoadedConfig
@@ -63,58 +60,49 @@ class ConfigErrorsDag(DAG):
         )
 
 
-def params_for(cluster: ClusterConfig, source: Literal["dag"] | None = None) -> dict[str, Param]:
+def params_for(cluster: ClusterConfig) -> dict[str, Param]:
     """The trigger form, as new objects on every call.
 
-    Airflow sets a Param's value when it resolves a run's conf, so the DAG and each of its tasks
-    need Params of their own, as Airflow's deep copies would give them. ``source="dag"`` marks a
-    task's copy, as Airflow marks those copies.
+    Airflow sets a Param's value when it resolves a run's conf, so no two DAGs may share one; each
+    task gets Airflow's own deep copy of the DAG's.
     """
     s = cluster.settings
     return {
-        "dry_run": Param(
-            s.dry_run, type="boolean", description="Plan and alert only; change nothing.", source=source
-        ),
+        "dry_run": Param(s.dry_run, type="boolean", description="Plan and alert only; change nothing."),
         "lock_after_days": Param(
             s.lock_after_days,
             type=["integer", "null"],
             minimum=1,
             description="Lock after this many days; null: never.",
-            source=source,
         ),
         "delete_after_days": Param(
             s.delete_after_days,
             type=["integer", "null"],
             minimum=1,
             description="Drop (or flag ReadyToDelete) after this many days; null: never.",
-            source=source,
         ),
         "exclude_users": Param(
             list(s.exclude_users),
             type="array",
             items={"type": "string"},
             description="Roles never touched in this run (added to the configured list).",
-            source=source,
         ),
         "unlock_users": Param(
             [],
             type="array",
             items={"type": "string"},
             description="Unlock these roles first (restores their attributes).",
-            source=source,
         ),
         "as_of": Param(
             None,
             type=["string", "null"],
             description="ISO-8601 evaluation time, e.g. 2027-03-01T00:00:00Z; only with dry_run: true.",
-            source=source,
         ),
         "override_retention": Param(
             False,
             type="boolean",
             description="Act although logins may have aged out of the log group (the retention "
             "guard's refusal); recorded in action_history.",
-            source=source,
         ),
     }
 
@@ -134,7 +122,12 @@ def _signature_once(fn: _Fn) -> _Fn:
 
 
 def build_dag(cluster: ClusterConfig) -> DAG:
-    """The cluster's DAG. Its params are attached once the tasks exist (see ``attach_params``)."""
+    """The cluster's DAG, with the trigger form as its params.
+
+    For a scheduled DAG Airflow validates each param's default here and raises ``ValueError``
+    ("Dag '<dag id>' is not allowed to define a Schedule, ...") from the ``ParamValidationError``
+    that names the param; the config's own checks reject such values first, naming the entry.
+    """
     on_failure = functools.partial(steps.on_failure, cluster)
     default_args: dict[str, Any] = {
         "owner": "dba",
@@ -154,6 +147,7 @@ def build_dag(cluster: ClusterConfig) -> DAG:
         default_args=default_args,
         tags=["inactive_users", "security", "postgres"],
         doc_md=_doc(cluster),
+        params=params_for(cluster),
     ) as dag:
         # multiple_outputs is what Airflow would infer from the return annotation, with a
         # get_type_hints() call per task
@@ -237,49 +231,7 @@ def build_dag(cluster: ClusterConfig) -> DAG:
         [lock, delete, idle] >> notify
         [lock, delete, idle] >> evidence
         [notify, evidence] >> report()
-    attach_params(dag, cluster)
     return dag
-
-
-def attach_params(dag: DAG, cluster: ClusterConfig) -> None:
-    """Give a DAG built without params its trigger form, and each task its own copy.
-
-    This leaves the DAG as if it had been built with ``params=``, at a fraction of the cost. Built
-    that way, Airflow deep-copies the DAG's params once per class in each operator's hierarchy (4
-    copies per task), and validates each default after checking its schema against the JSON Schema
-    metaschema anew; together about half the time of parsing a large fleet.
-    """
-    params = ParamsDict(params_for(cluster))
-    if dag.timetable.can_be_scheduled:  # Airflow checks the defaults only for scheduled DAGs
-        check_defaults(dag.dag_id, params)
-    object.__setattr__(dag, "params", params)  # setattr would re-run Airflow's uncached check
-    for t in dag.tasks:
-        t.params = ParamsDict(params_for(cluster, source="dag"))
-
-
-def check_defaults(dag_id: str, params: ParamsDict) -> None:
-    """Airflow's check that a scheduled DAG's param defaults are valid, raising the same error."""
-    for name in params:
-        param = params.get_param(name)
-        error = jsonschema.exceptions.best_match(_validator(param.schema).iter_errors(param.value))
-        if error is not None:
-            raise ValueError(
-                f"Dag {dag_id!r} is not allowed to define a Schedule, as there are required params "
-                "without default values, or the default values are not valid."
-            ) from ParamValidationError(f"Invalid input for param {name}: {error}")
-
-
-def _validator(schema: dict[str, Any]) -> Any:
-    return _compiled_validator(json.dumps(schema))  # key order kept: error messages quote the schema
-
-
-@functools.cache
-def _compiled_validator(schema_json: str) -> Any:
-    """What ``jsonschema.validate`` builds on every call, built once per schema and process."""
-    schema = json.loads(schema_json)
-    cls = jsonschema.validators.validator_for(schema)
-    cls.check_schema(schema)
-    return cls(schema, format_checker=jsonschema.FormatChecker())
 
 
 def config_errors_dag(loaded: LoadedConfig) -> DAG:
