@@ -27,6 +27,7 @@ from devstack.airflowenv import airflow_env
 from devstack.awsfixtures import alert_topic_with_queue, create_aurora, drain_alerts
 from devstack.motoserver import MotoServer, boto_client
 from devstack.pgcluster import embedded_binaries, running_cluster
+from devstack.setuperror import SetupError
 from devstack.stories import MASTER, ROLE_PASSWORD, STORIES, create_roles, seed_history
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -237,5 +238,14 @@ def run(cmd: list[str], env: dict[str, str], log: Path, check: bool = True) -> i
     return code
 
 
+def cli() -> int:
+    """``main`` with known set-up problems as one line saying what to do (bugs keep tracebacks)."""
+    try:
+        return main()
+    except SetupError as exc:
+        print(f"demo set-up failed: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

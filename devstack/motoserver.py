@@ -23,6 +23,7 @@ import boto3
 from botocore.config import Config
 
 from devstack.pgcluster import free_port
+from devstack.setuperror import SetupError
 
 TEST_ACCESS_KEY = "testing"
 TEST_SECRET_KEY = "testing"
@@ -45,8 +46,8 @@ _SCRUBBED_ENV = (
 )
 
 
-class MotoServerError(RuntimeError):
-    """moto could not be started (or died while starting)."""
+class MotoServerError(SetupError):
+    """moto could not be started (or died while starting); the first line says what to do."""
 
 
 class MotoServer:
@@ -104,14 +105,16 @@ class MotoServer:
             if self._proc.poll() is not None:
                 raise MotoServerError(
                     f"moto server exited with code {self._proc.returncode} while starting "
-                    f"on port {port}:\n{self.output()}"
+                    f"on port {port}; check that moto[server] is installed (`make venv`) and see "
+                    f"its output:\n{self.output()}"
                 )
             if self._answers():
                 return
             if time.monotonic() > deadline:
                 raise MotoServerError(
                     f"moto server did not answer on {self.endpoint_url} within "
-                    f"{self.startup_timeout:.0f}s:\n{self.output()}"
+                    f"{self.startup_timeout:.0f}s; on a busy machine run fewer test workers "
+                    f"(PYTEST_ARGS='-n 1'); its output:\n{self.output()}"
                 )
             time.sleep(0.1)
 

@@ -2,7 +2,8 @@
 
 Real servers, real connection logs: ``log_connections`` on, the Aurora ``log_line_prefix`` and
 stderr captured by the logging collector into one file the caller can read.  When running as
-root, PostgreSQL refuses to start, so the binaries run as an unprivileged OS user.
+root, PostgreSQL refuses to start, so the binaries run as an unprivileged OS user, from binaries
+and data directories that user can reach (see ``devstack.pgreach``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
+
+from devstack.pgreach import data_parent, reachable_bin_dir
+from devstack.setuperror import SetupError
 
 AURORA_PREFIX = "%t:%r:%u@%d:[%p]:"
 SUPERUSER = "postgres"
@@ -101,7 +105,20 @@ def _os_user() -> str | None:
             return name
         except KeyError:
             continue
-    subprocess.run(["useradd", "--system", "--no-create-home", "embedded_postgres"], check=True)
+    try:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "embedded_postgres"],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", None) or str(exc)
+        raise SetupError(
+            "PostgreSQL will not run as root and there is no 'postgres' OS user; creating "
+            f"'embedded_postgres' failed ({detail.strip()}): create either one, e.g. "
+            "`useradd --system --no-create-home postgres`, or run as a non-root user"
+        ) from exc
     return "embedded_postgres"
 
 
@@ -118,6 +135,14 @@ class PgCluster:
     os_user: str | None = None
     primary: PgCluster | None = field(default=None, repr=False)
     """Set on a hot standby (see :meth:`create_standby`): the cluster it streams from."""
+
+    def __post_init__(self) -> None:
+        if self.os_user is not None:
+            # The same version, from a tree the OS user can reach (the venv's may be under /root).
+            self.binaries = PgBinaries(
+                self.binaries.version,
+                reachable_bin_dir(self.binaries.bin_dir, self.binaries.version, self.os_user),
+            )
 
     @property
     def datadir(self) -> Path:
@@ -163,6 +188,15 @@ class PgCluster:
         return self.logfile.read_text(encoding="utf-8", errors="replace").splitlines()
 
     def _run(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        try:
+            self._run_raw(args, env)
+        except PermissionError as exc:
+            raise SetupError(
+                f"the OS user {self.os_user!r} may not run {args[0]} ({exc.strerror}): make its "
+                "directories enterable by that user, or run as a non-root user"
+            ) from exc
+
+    def _run_raw(self, args: list[str], env: dict[str, str] | None) -> None:
         subprocess.run(
             args,
             check=True,
@@ -255,8 +289,13 @@ class PgCluster:
                 return
             except subprocess.CalledProcessError:
                 log = (self.root / "pg_ctl.log").read_text(errors="replace")
-                if "could not bind" not in log or attempt == attempts - 1:
+                if "could not bind" not in log:
                     raise
+                if attempt == attempts - 1:
+                    raise SetupError(
+                        f"PostgreSQL found no free port on 127.0.0.1 in {attempts} tries (last "
+                        f"{self.port}): free some ports or run fewer test workers (PYTEST_ARGS='-n 1')"
+                    ) from None
                 self.port = free_port()
 
     def stop(self, mode: str = "fast") -> None:
@@ -431,7 +470,8 @@ def _read_auto_conf(path: Path) -> dict[str, str]:
 
 
 def _new_root(prefix: str) -> Path:
-    root = Path(tempfile.mkdtemp(prefix=prefix))
+    """A 0755 data directory under a temporary directory the server's OS user can enter."""
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir=data_parent(_os_user())))
     root.chmod(0o755)
     return root
 

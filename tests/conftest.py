@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 # Airflow reads its home at import time: give the test session its own before anything imports it.
@@ -32,11 +33,26 @@ from devstack.pgcluster import (
     cluster_from_template,
     create_template,
 )
+from devstack.setuperror import SetupError
 from tests.dagrun import DagHarness
 from tests.scenario import Scenario
 
 PASSWORD = "Sup3r-s3cret-pw"
-_BINARIES = available_binaries()
+
+
+@contextmanager
+def _setup_step() -> Iterator[None]:
+    """A known set-up problem fails the test with its one line (what to do), not a traceback."""
+    try:
+        yield
+    except SetupError as exc:
+        pytest.fail(f"set-up failed: {str(exc).splitlines()[0]}", pytrace=False)
+
+
+try:
+    _BINARIES = available_binaries()
+except SetupError as _exc:
+    pytest.exit(f"set-up failed: {str(_exc).splitlines()[0]}", returncode=4)
 
 
 def pytest_report_header() -> list[str]:
@@ -66,7 +82,8 @@ def pg_binaries(request: pytest.FixtureRequest) -> PgBinaries:
 
 @pytest.fixture(scope="session")
 def pg_template(pg_binaries: PgBinaries) -> Iterator[Path]:
-    path = create_template(pg_binaries, PASSWORD)
+    with _setup_step():
+        path = create_template(pg_binaries, PASSWORD)
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
@@ -74,7 +91,8 @@ def pg_template(pg_binaries: PgBinaries) -> Iterator[Path]:
 @pytest.fixture
 def pg(pg_binaries: PgBinaries, pg_template: Path) -> Iterator[PgCluster]:
     """A fresh cluster per test: roles are cluster-wide, so tests cannot share one."""
-    cluster = cluster_from_template(pg_template, pg_binaries, PASSWORD)
+    with _setup_step():
+        cluster = cluster_from_template(pg_template, pg_binaries, PASSWORD)
     try:
         yield cluster
     finally:
@@ -85,7 +103,8 @@ def pg(pg_binaries: PgBinaries, pg_template: Path) -> Iterator[PgCluster]:
 @pytest.fixture
 def pg_standby(pg: PgCluster) -> Iterator[PgCluster]:
     """A streaming hot standby of ``pg``'s cluster: its own port, socket dir and log file."""
-    standby = pg.create_standby()
+    with _setup_step():
+        standby = pg.create_standby()
     try:
         yield standby
     finally:
@@ -95,8 +114,12 @@ def pg_standby(pg: PgCluster) -> Iterator[PgCluster]:
 
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[MotoServer]:
-    with MotoServer() as server:
+    with _setup_step():
+        server = MotoServer().start()
+    try:
         yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture
