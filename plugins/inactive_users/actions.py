@@ -173,7 +173,10 @@ def _mark_locked(
     status: str,
     method: str,
 ) -> None:
-    """Set each (role, reason) to ``status``, keeping the lock time, method and prior attributes it has."""
+    """Set each (role, reason) to ``status``, keeping the lock time, method and prior attributes it has.
+
+    A row already in ``status`` with that reason is left as it is (a re-check changes nothing).
+    """
     if not marks:
         return
     conn.execute(
@@ -184,7 +187,8 @@ def _mark_locked(
             "prior_conn_limit = coalesce(u.prior_conn_limit, c.conn_limit), updated_at = now() "
             "FROM unnest(%s::text[], %s::text[], %s::bool[], %s::int[]) "
             "AS c(name, reason, can_login, conn_limit) "
-            "WHERE u.user_name = c.name"
+            "WHERE u.user_name = c.name "
+            "AND (u.status IS DISTINCT FROM %s OR u.status_reason IS DISTINCT FROM c.reason)"
         ).format(t(schema, "user_login_status")),
         [
             status,
@@ -193,6 +197,7 @@ def _mark_locked(
             [reason for _, reason in marks],
             [f.can_login for f, _ in marks],
             [f.conn_limit for f, _ in marks],
+            status,
         ],
     )
 
