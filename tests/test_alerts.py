@@ -9,7 +9,7 @@ import pytest
 from devstack.awsfixtures import alert_topic_with_queue, drain_alerts
 from devstack.motoserver import MotoServer, airflow_aws_conn, boto_client
 from devstack.smtpsink import SmtpSink
-from inactive_users.alerts import compose, compose_failure, scrub, send
+from inactive_users.alerts import SNS_MESSAGE_LIMIT, compose, compose_failure, scrub, send, sns_message
 from inactive_users.config import AlertConfig
 
 OUTCOMES = [
@@ -24,7 +24,7 @@ OUTCOMES = [
         "action": "ready_to_delete",
         "reason": "inactive 200 days",
         "last_login": "2026-05-10T10:00:00+00:00",
-        "blockers": "owns 1 object (pg_class) in database app2",
+        "blockers": "database app2: owns table public.ledger; holds privileges on table public.orders",
     },
     {"name": "carl", "action": "still_ready_to_delete", "last_login": "2026-01-01T00:00:00+00:00"},
     {"name": "dan", "action": "skipped", "reason": "has a session open now"},
@@ -37,7 +37,10 @@ def test_compose_names_cluster_actions_last_logins_and_blockers() -> None:
     assert alert.subject == "[inactive_users] orders-prod: 1 locked, 1 ready to delete"
     assert "Cluster: orders-prod" in alert.body and "Run: scheduled__x" in alert.body
     assert "  - ana: last login 2026-08-18T10:00:00+00:00; inactive 100 days" in alert.body
-    assert "blocked by: owns 1 object (pg_class) in database app2" in alert.body
+    assert (
+        "  - bob: last login 2026-05-10T10:00:00+00:00; inactive 200 days; blocked by: database app2: owns "
+        "table public.ledger; holds privileges on table public.orders"
+    ) in alert.body
     assert "carl" not in alert.body and "dan" not in alert.body and "DRY RUN" not in alert.body
 
 
@@ -132,3 +135,34 @@ def test_one_notifier_failing_does_not_stop_the_others(
             aws_conn_id="alert_aws",
             region_name="us-east-1",
         )
+
+
+def test_an_alert_too_long_for_sns_is_cut_at_a_line_and_delivered(
+    moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1,000 flagged roles, named blockers nearly filling their 2,000 characters each: 7x what SNS takes."""
+    moto_server.reset()
+    monkeypatch.setenv("AIRFLOW_CONN_ALERT_AWS", json.dumps(airflow_aws_conn(moto_server.endpoint_url)))
+    sns, sqs = boto_client(moto_server.endpoint_url, "sns"), boto_client(moto_server.endpoint_url, "sqs")
+    topic, queue = alert_topic_with_queue(sns, sqs, "dba", "inbox")
+    named = "database app: owns " + ", ".join(f"table public.rapport_été_{i:04}" for i in range(60))
+    many = [
+        {"name": f"rôle_{i}", "action": "ready_to_delete", "reason": "inactive 200 days", "blockers": named}
+        for i in range(1000)
+    ]
+    alert = compose("orders-prod", "scheduled__9", many, dry_run=False)
+    assert alert is not None and len(alert.body.encode()) > 7 * SNS_MESSAGE_LIMIT  # about 2 MB
+    assert send(alert, AlertConfig(sns_topic_arn=topic), aws_conn_id="alert_aws", region_name="us-east-1")
+    [delivered] = drain_alerts(sqs, queue)
+    message = delivered["message"]
+    sent = json.dumps({"default": message})  # as the amazon provider's SnsHook publishes it
+    assert SNS_MESSAGE_LIMIT - 3000 < len(sent.encode()) <= SNS_MESSAGE_LIMIT
+    shown, note = message.rsplit("\n... ", 1)
+    lines, kept = alert.body.split("\n"), shown.split("\n")
+    assert 50 < len(kept) < len(lines) and kept == lines[: len(kept)]
+    assert note == (
+        f"{len(lines) - len(kept)} more lines not shown here (SNS takes at most 262,144 bytes): "
+        "the alert task's log has this alert in full, action_history every action (run_id = 'scheduled__9')."
+    )
+    short = compose("c", "r", OUTCOMES, dry_run=False)
+    assert short is not None and sns_message(short) == short.body  # a message that fits goes whole

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,7 @@ def test_timeline(scenario: Scenario, dag_harness: DagHarness, capfd: pytest.Cap
     assert st["idle100"]["status"] == "Locked" and sc.role("idle100")["can_login"] is False  # type: ignore[index]
     assert sc.role("gone200") is None and "gone200" not in st
     assert st["owner200"]["status"] == "ReadyToDelete"
+    assert st["owner200"]["reason"].endswith("; blocked by: database app2: owns table public.ledger")
     assert "svc_batch" not in st and MASTER not in st
     assert sc.role("svc_batch")["can_login"] is True  # type: ignore[index]
 
@@ -68,7 +70,7 @@ def test_timeline(scenario: Scenario, dag_harness: DagHarness, capfd: pytest.Cap
     body = alert["message"]
     assert "Locked: 1" in body and "idle100: last login" in body
     assert "Dropped (DROP ROLE): 1" in body and "gone200" in body
-    assert "owner200" in body and "blocked by: owns 1 object (pg_class) in database app2" in body
+    assert "owner200" in body and "blocked by: database app2: owns table public.ledger" in body
     assert "svc_batch" not in body and "active_w" not in body
 
     # a second run the same day changes nothing and sends no alert
@@ -103,6 +105,9 @@ def test_timeline(scenario: Scenario, dag_harness: DagHarness, capfd: pytest.Cap
 
     # no password appears in any task log, XCom or alert of these runs
     out, err = capfd.readouterr()
+    # the report task's table names what blocks the drop
+    report_row = r"^owner200 +ready_to_delete +\S+ +database app2: owns table public\.ledger$"
+    assert re.search(report_row, out + err, re.M)
     xcoms = _all_xcoms()
     assert "sync_roles" in xcoms and "idle100" in xcoms  # the scan reads real data
     for secret in (sc.pg.password, ROLE_PASSWORD):

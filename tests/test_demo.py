@@ -47,7 +47,7 @@ def test_demo_shows_every_outcome_and_leaves_nothing_running(tmp_path: Path) -> 
         )
         assert "Active" in rows["erin_80"]
         assert "| Upcoming (within 14 days): 1" in out and "|   - erin_80: will be locked on " in out
-        assert "blocked by: owns 1 object (pg_class) in database postgres" in out
+        assert "blocked by: database postgres: owns table sales.q3_report" in out
         assert "demo-only-Passw0rd" not in out and "demo-only-Passw0rd" not in done.stderr
         # the run's evidence, written to the moto bucket and copied where the demo says
         written = re.findall(r"^evidence written to (s3://\S+) ; a copy at (.+)$", out, flags=re.M)

@@ -106,10 +106,10 @@ def test_owner_of_a_table_in_another_database_is_flagged_not_dropped(scenario: S
     report = eng.run([sc.writer])
     outcome = report.delete.by_action("ready_to_delete")[0]
     assert outcome.name == "owner2"
-    assert outcome.blockers == "owns 1 object (pg_class) in database app2"
+    assert outcome.blockers == "database app2: owns table public.owned"
     st = sc.statuses()["owner2"]
     assert st["status"] == "ReadyToDelete"
-    assert "blocked by: owns 1 object (pg_class) in database app2" in st["reason"]
+    assert st["reason"].endswith("; blocked by: database app2: owns table public.owned")
     assert sc.role("owner2")["can_login"] is False  # type: ignore[index]  # locked while it waits
     assert sc.sql("SELECT count(*) FROM pg_tables WHERE tablename = 'owned'", dbname="app2") == [(1,)]
     assert [h[1] for h in sc.history("ready_to_delete")] == ["owner2"]
@@ -132,7 +132,7 @@ def test_role_holding_only_a_privilege_is_flagged(scenario: Scenario) -> None:
     eng = prepared(sc, {"reader": 181})
     report = eng.run([sc.writer])
     assert report.delete.by_action("ready_to_delete")[0].blockers == (
-        "holds privileges on 1 object (pg_class) in database postgres"
+        "database postgres: holds privileges on table public.shared_data"
     )
     assert sc.statuses()["reader"]["status"] == "ReadyToDelete"
     assert sc.role("reader") is not None
@@ -157,7 +157,7 @@ def test_dry_run_changes_nothing_even_on_a_fresh_cluster(scenario: Scenario) -> 
     report = sc.engine(dry_run=True).run([sc.writer], unlock_users=["idle"])
     assert report.lock.names("would_lock") == ["idle"]
     assert report.delete.by_action("would_flag_ready_to_delete")[0].blockers == (
-        "owns 1 object (pg_class) in database postgres"
+        "database postgres: owns table public.t_old"
     )
     assert report.unlock.names("would_unlock") == ["idle"]
     assert sc.snapshot() == before
@@ -257,7 +257,7 @@ def test_one_role_failing_does_not_stop_the_others_in_unlock_and_delete(scenario
         ("e_owner", "ready_to_delete"),
     ]
     assert all(o.reason.startswith("42501: ") for o in report.failures)
-    assert report.by_action("failed")[1].blockers == "owns 1 object (pg_class) in database postgres"
+    assert report.by_action("failed")[1].blockers == "database postgres: owns table public.owned_d"
     assert sc.role("a_user") is None and sc.role("c_user") is None
     statuses = sc.statuses()
     assert {n: s["status"] for n, s in statuses.items() if n != "job"} == {

@@ -24,6 +24,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from inactive_users.blockers import ConnectDatabase
+from inactive_users.blockers import blockers as name_blockers
 from inactive_users.policy import ACTIVE, LOCKED, READY_TO_DELETE, Planned
 from inactive_users.state import record_history, t, take_action_lock
 
@@ -171,7 +173,10 @@ def _mark_locked(
     status: str,
     method: str,
 ) -> None:
-    """Set each (role, reason) to ``status``, keeping the lock time, method and prior attributes it has."""
+    """Set each (role, reason) to ``status``, keeping the lock time, method and prior attributes it has.
+
+    A row already in ``status`` with that reason is left as it is (a re-check changes nothing).
+    """
     if not marks:
         return
     conn.execute(
@@ -182,7 +187,8 @@ def _mark_locked(
             "prior_conn_limit = coalesce(u.prior_conn_limit, c.conn_limit), updated_at = now() "
             "FROM unnest(%s::text[], %s::text[], %s::bool[], %s::int[]) "
             "AS c(name, reason, can_login, conn_limit) "
-            "WHERE u.user_name = c.name"
+            "WHERE u.user_name = c.name "
+            "AND (u.status IS DISTINCT FROM %s OR u.status_reason IS DISTINCT FROM c.reason)"
         ).format(t(schema, "user_login_status")),
         [
             status,
@@ -191,6 +197,7 @@ def _mark_locked(
             [reason for _, reason in marks],
             [f.can_login for f, _ in marks],
             [f.conn_limit for f, _ in marks],
+            status,
         ],
     )
 
@@ -257,39 +264,6 @@ def _why(item: Planned) -> str:
     return f"{_reason(item)} (last login {_last(item)})"
 
 
-_DEPENDENCIES_SQL = """
-SELECT d.refobjid::bigint,
-       coalesce(db.datname::text, '(cluster-wide)'),
-       d.deptype::text,
-       d.classid::regclass::text,
-       count(*)
-FROM pg_shdepend d
-LEFT JOIN pg_database db ON db.oid = d.dbid
-WHERE d.refclassid = 'pg_authid'::regclass AND d.refobjid = ANY(%s::oid[]) AND d.deptype <> 'p'
-GROUP BY 1, 2, 3, 4
-ORDER BY 1, 2, 3, 4
-"""
-
-_DEPTYPE = {
-    "o": "owns",
-    "a": "holds privileges on",
-    "r": "is named in policies on",
-    "i": "initial privileges on",
-}
-
-
-def dependency_summaries(conn: psycopg.Connection, oids: Sequence[int]) -> dict[int, str]:
-    """What blocks ``DROP ROLE`` for each role, across every database of the cluster."""
-    if not oids:
-        return {}
-    parts: dict[int, list[str]] = {}
-    for oid, database, deptype, catalog, count in conn.execute(_DEPENDENCIES_SQL, [list(oids)]):
-        what = _DEPTYPE.get(deptype, f"depends ({deptype}) on")
-        noun = "object" if count == 1 else "objects"
-        parts.setdefault(oid, []).append(f"{what} {count} {noun} ({catalog}) in database {database}")
-    return {oid: "; ".join(p) for oid, p in parts.items()}
-
-
 def delete_roles(
     conn: psycopg.Connection,
     schema: str,
@@ -297,9 +271,12 @@ def delete_roles(
     method: str,
     run_id: str,
     lease_run_id: str | None = None,
+    connect_database: ConnectDatabase | None = None,
 ) -> ActionReport:
     """Drop each planned role that nothing depends on; flag (and lock) the rest ReadyToDelete.
 
+    What blocks a role is named per database (``blockers``; ``connect_database`` reaches the other
+    databases of the cluster); a role already ReadyToDelete gets its reason brought up to date.
     Never ``REASSIGN OWNED`` / ``DROP OWNED``: deciding what happens to a user's objects is the DBA's.
     """
     report = ActionReport()
@@ -307,7 +284,7 @@ def delete_roles(
     with conn.transaction():
         take_action_lock(conn, schema, lease_run_id)
         facts = _facts(conn, schema, [i.name for i in items])
-        blockers = dependency_summaries(conn, [i.oid for i in items])
+        blockers = name_blockers(conn, [i.oid for i in items], connect_database)
         skipped: dict[str, str] = {}
         to_drop: list[tuple[Planned, _Facts]] = []
         to_flag: list[tuple[Planned, _Facts, str]] = []
@@ -346,6 +323,7 @@ def delete_roles(
         errors = _each(conn, [_lock_sql(item.name, method) for item, _ in must_lock])
         flag_failed = {must_lock[n][0].name: text for n, (_, text) in errors.items()}
         flagged = [(item, f) for item, f in flag if item.name not in flag_failed]
+        flagged += [(item, f) for item, f, _ in to_flag if f.status == READY_TO_DELETE]  # reason refreshed
         _mark_locked(
             conn,
             schema,

@@ -5,6 +5,7 @@ Messages carry role names, actions, last-login times and blockers; never connect
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -36,6 +37,8 @@ _WEBHOOK_TOKEN = re.compile(r"\bT[A-Z0-9]+/B[A-Z0-9]+/\w+")
 
 #: Slack truncates a message's text past 40,000 characters (cutting off the end of the alert).
 SLACK_TEXT_LIMIT = 40_000
+#: SNS refuses a message over 256 KiB (its UTF-8 bytes); many roles with named blockers reach it.
+SNS_MESSAGE_LIMIT = 262_144
 
 
 @dataclass(frozen=True)
@@ -198,11 +201,6 @@ def slack_text(alert: Alert, limit: int = SLACK_TEXT_LIMIT) -> str:
     A body too long for Slack is cut at a line, with a note saying how much is missing and where
     the full record is, rather than letting Slack drop the end silently.
     """
-    head, tail = f"*{_slack_escape(alert.subject)}*\n```", "```"
-    lines = _slack_escape(alert.body).split("\n")
-    text = head + "\n".join(lines) + tail
-    if _slack_len(text) <= limit:
-        return text
 
     def note(missing: int) -> str:
         return _slack_escape(
@@ -210,14 +208,55 @@ def slack_text(alert: Alert, limit: int = SLACK_TEXT_LIMIT) -> str:
             f"{alert.full_record}."
         )
 
-    budget = limit - _slack_len(head + tail + note(len(lines)))
+    head, tail = f"*{_slack_escape(alert.subject)}*\n```", "```"
+    return _cut(_slack_escape(alert.body).split("\n"), head, tail, limit, _slack_len, note)
+
+
+def sns_message(alert: Alert, limit: int = SNS_MESSAGE_LIMIT) -> str:
+    """The body as SNS takes it: past ``limit`` bytes (SNS refuses a longer message) it is cut at a
+    line, with a note saying how much is missing and where the full record is.
+
+    Measured as the amazon provider's ``SnsHook`` sends it: inside ``{"default": ...}`` as JSON, so
+    a line break counts two bytes and a non-ASCII character six or twelve.
+    """
+
+    def note(missing: int) -> str:
+        return (
+            f"\n... {missing} more lines not shown here (SNS takes at most {limit:,} bytes): "
+            f"{alert.full_record}."
+        )
+
+    return _cut(alert.body.split("\n"), "", "", limit - _SNS_ENVELOPE, _sns_len, note)
+
+
+def _cut(
+    lines: Sequence[str],
+    head: str,
+    tail: str,
+    limit: int,
+    length: Callable[[str], int],
+    note: Callable[[int], str],
+) -> str:
+    """``head``, as many whole ``lines`` as fit within ``limit`` (measured by ``length``), ``tail``,
+    and ``note(lines left out)`` when any were."""
+    text = head + "\n".join(lines) + tail
+    if length(text) <= limit:
+        return text
+    budget = limit - length(head + tail + note(len(lines)))
     kept = 0
     for line in lines:
-        budget -= _slack_len(line) + 1
+        budget -= length(line) + length("\n")
         if budget < 0:
             break
         kept += 1
     return head + "\n".join(lines[:kept]) + tail + note(len(lines) - kept)
+
+
+_SNS_ENVELOPE = len(json.dumps({"default": ""}))
+
+
+def _sns_len(text: str) -> int:
+    return len(json.dumps(text)) - 2  # ASCII (non-ASCII is escaped), without the quotes
 
 
 def _slack_escape(text: str) -> str:
@@ -280,7 +319,7 @@ def _send_sns(alert: Alert, topic_arn: str, aws_conn_id: str | None, region_name
     from airflow.providers.amazon.aws.hooks.sns import SnsHook
 
     SnsHook(aws_conn_id=aws_conn_id, region_name=region_name).publish_to_target(
-        target_arn=topic_arn, message=alert.body, subject=alert.subject
+        target_arn=topic_arn, message=sns_message(alert), subject=alert.subject
     )
 
 

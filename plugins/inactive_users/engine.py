@@ -21,8 +21,10 @@ import psycopg
 from inactive_users import actions, evidencestore, migrations, notices, planstore, state
 from inactive_users.actions import ActionReport, Outcome
 from inactive_users.alerts import scrub
+from inactive_users.blockers import ConnectDatabase
+from inactive_users.blockers import blockers as name_blockers
 from inactive_users.cloudwatch import LogSourceError
-from inactive_users.instances import Connect, SessionScan, scan_sessions
+from inactive_users.instances import Connect, SessionScan, airflow_database_connector, scan_sessions
 from inactive_users.logformat import LogFormat, LogFormatError, compile_format
 from inactive_users.logparse import LoginSummary
 from inactive_users.policy import (
@@ -117,8 +119,12 @@ class Engine:
         secondaries: Sequence[LogStreams] = (),
         override_retention: bool = False,
         log_format: LogFormat | None = None,
+        connect_database: ConnectDatabase | None = None,
     ) -> None:
         self._connect = connect
+        # Reaches the cluster's other databases, where the objects blocking a drop are named;
+        # None: they are counted, not named.
+        self.connect_database = connect_database
         self.use_lease = use_lease
         self.settings = settings
         self.run_id = run_id
@@ -175,6 +181,7 @@ class Engine:
             logs=logs,
             use_lease=use_lease,
             log_format=log_format,
+            connect_database=airflow_database_connector(postgres_conn_id),
         )
 
     @contextmanager
@@ -326,7 +333,13 @@ class Engine:
             if self.settings.dry_run:
                 return self._preview_delete(conn, plan.delete)
             report = actions.delete_roles(
-                conn, self.schema, plan.delete, self.settings.lock_method, self.run_id, self.lease_run_id
+                conn,
+                self.schema,
+                plan.delete,
+                self.settings.lock_method,
+                self.run_id,
+                self.lease_run_id,
+                self.connect_database,
             )
         _log_report("delete", report)
         return report
@@ -626,7 +639,7 @@ class Engine:
             raise SafetyGuardError(plan.guard_error)
 
     def _preview_delete(self, conn: psycopg.Connection, items: Sequence[Planned]) -> ActionReport:
-        blockers = actions.dependency_summaries(conn, [i.oid for i in items])
+        blockers = name_blockers(conn, [i.oid for i in items], self.connect_database)
         report = ActionReport()
         for item in items:
             blocked = blockers.get(item.oid)

@@ -49,20 +49,38 @@ def airflow_connector(postgres_conn_id: str, endpoint: str) -> Connect:
     """Connect to ``endpoint`` (``host:port``, or ``AS_CONFIGURED``) as the Airflow connection's user."""
 
     def connect() -> psycopg.Connection:
-        from airflow.providers.postgres.hooks.postgres import PostgresHook
-
-        hook = PostgresHook(postgres_conn_id=postgres_conn_id)
-        if endpoint != AS_CONFIGURED:
-            host, _, port = endpoint.rpartition(":")
-            target = copy.deepcopy(hook.connection)  # a copy: the configured connection is unchanged
-            target.host, target.port = host.strip("[]"), int(port)
-            extra = target.extra_dejson
-            if "connect_timeout" not in extra:
-                target.extra = json.dumps({**extra, "connect_timeout": CONNECT_TIMEOUT})
-            hook = PostgresHook(postgres_conn_id=postgres_conn_id, connection=target)
-        return cast(psycopg.Connection, hook.get_conn())
+        return _connect(postgres_conn_id, endpoint, None)
 
     return connect
+
+
+def airflow_database_connector(postgres_conn_id: str) -> Callable[[str], psycopg.Connection]:
+    """Connect to a named database of the cluster: the Airflow connection with its database replaced.
+
+    Same host, user and credentials (with IAM authentication the token is signed for the host, so
+    it serves every database); an unreachable database fails within ``CONNECT_TIMEOUT``.
+    """
+
+    def connect(database: str) -> psycopg.Connection:
+        return _connect(postgres_conn_id, AS_CONFIGURED, database)
+
+    return connect
+
+
+def _connect(postgres_conn_id: str, endpoint: str, database: str | None) -> psycopg.Connection:
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    hook = PostgresHook(postgres_conn_id=postgres_conn_id)
+    if endpoint != AS_CONFIGURED or database is not None:
+        target = copy.deepcopy(hook.connection)  # a copy: the configured connection is unchanged
+        if endpoint != AS_CONFIGURED:
+            host, _, port = endpoint.rpartition(":")
+            target.host, target.port = host.strip("[]"), int(port)
+        extra = target.extra_dejson
+        if "connect_timeout" not in extra:
+            target.extra = json.dumps({**extra, "connect_timeout": CONNECT_TIMEOUT})
+        hook = PostgresHook(postgres_conn_id=postgres_conn_id, connection=target, database=database)
+    return cast(psycopg.Connection, hook.get_conn())
 
 
 def scan_sessions(connectors: Mapping[str, Connect | None]) -> SessionScan:
