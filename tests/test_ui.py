@@ -58,16 +58,15 @@ def test_ui_serves_airflow_and_stops_everything_on_ctrl_c(tmp_path: Path) -> Non
     try:
         assert proc.stdout is not None
         deadline = time.monotonic() + 280
-        url = None
-        while url is None and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
             line = proc.stdout.readline()
-            if not line:
+            if not line or line.startswith("Press Ctrl-C"):
                 break
             lines.append(line)
-            if m := re.match(r"Airflow UI: (http://127\.0\.0\.1:\d+/)", line):
-                url = m.group(1)
-        assert url, "".join(lines)
         out = "".join(lines)
+        m = re.search(r"^Airflow UI: (http://127\.0\.0\.1:\d+/)$", out, flags=re.M)
+        assert m, out
+        url = m.group(1)
         assert "no password; every visitor is an admin" in out
         page = httpx.get(url, trust_env=False, timeout=30, follow_redirects=True)
         assert page.status_code == 200 and "<html" in page.text.lower()
