@@ -5,6 +5,7 @@
 #   make typecheck    mypy
 #   make test         venv, lint, typecheck, then pytest
 #   make demo         run the local demo (python -m devstack.demo)
+#   make ui           the demo's stage in a local Airflow UI until Ctrl-C (python -m devstack.ui)
 #   make bench        run every bench/bench_*.py
 #   make constraints  re-resolve constraints.txt from requirements-dev.txt (UPGRADE=1 to bump everything)
 #   make clean        remove .venv and caches
@@ -29,7 +30,7 @@ PYTEST_ARGS ?= -n auto --durations=15
 
 export UV_NO_PROGRESS := 1
 
-.PHONY: help venv lint typecheck test demo bench constraints clean
+.PHONY: help venv lint typecheck test demo ui bench constraints clean
 
 help:
 	@sed -n 's/^#   \(make \)/\1/p' $(firstword $(MAKEFILE_LIST))
@@ -77,6 +78,10 @@ test: venv lint typecheck
 demo: venv
 	@echo "==> python -m devstack.demo"
 	$(VPY) -m devstack.demo
+
+ui: venv
+	@echo "==> python -m devstack.ui"
+	$(VPY) -m devstack.ui
 
 bench: venv
 	@files="$(sort $(wildcard bench/bench_*.py))"; \

@@ -122,8 +122,9 @@ def venv_bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
-def write_config(topic_arn: str, endpoints: dict[str, str]) -> None:
-    """The demo's config; its two instances are one local server, where their sessions are read."""
+def write_config(topic_arn: str, endpoints: dict[str, str], path: Path | None = None) -> None:
+    """The demo's config (at ``path``, default WORK/demo.yaml); its two instances are one local
+    server, where their sessions are read."""
     doc = {
         "defaults": {
             "lock_after_days": 90,
@@ -146,7 +147,7 @@ def write_config(topic_arn: str, endpoints: dict[str, str]) -> None:
             }
         ],
     }
-    (WORK / "demo.yaml").write_text(
+    (path or WORK / "demo.yaml").write_text(
         yaml.safe_dump(doc, allow_unicode=True, sort_keys=False), encoding="utf-8"
     )
 

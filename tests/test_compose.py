@@ -148,3 +148,39 @@ def test_the_compose_helper_sets_the_stage_and_ships_real_logins(scenario: Any) 
 @pytest.mark.parametrize("name", ["README.md"])
 def test_readme_mentions_compose(name: str) -> None:
     assert "docker compose up" in (ROOT / name).read_text()
+
+
+CELERY = yaml.safe_load((ROOT / "docker-compose.celery.yaml").read_text())
+
+
+def test_the_celery_layout_overrides_only_the_executor() -> None:
+    """docker-compose.celery.yaml on top: every Airflow service runs CeleryExecutor on the redis
+    service, a worker (and Flower) extend the scheduler: same image, DAGs and stage."""
+    over = CELERY["services"]
+    assert {"redis", "airflow-worker", "flower", *AIRFLOW_SERVICES} == set(over)
+    assert over["redis"]["image"].startswith("redis:")
+    for name in [*AIRFLOW_SERVICES, "airflow-worker", "flower"]:
+        env = {
+            **SERVICES.get(name, SERVICES["airflow-scheduler"])["environment"],
+            **over[name]["environment"],
+        }
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
+        assert env["AIRFLOW__CELERY__BROKER_URL"].split("@")[1].startswith("redis:6379"), name
+        assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].endswith("@postgres/airflow")
+        assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-apiserver:8080/execution/"
+    for name in ("airflow-worker", "flower"):
+        assert over[name]["extends"] == {"file": "docker-compose.yaml", "service": "airflow-scheduler"}
+    assert over["airflow-worker"]["command"] == "celery worker"
+    assert over["flower"]["profiles"] == ["flower"]
+    assert over["airflow-worker"]["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_the_celery_layout_pins_the_providers_of_the_requirements() -> None:
+    req = pins(ROOT / "requirements.txt") | pins(ROOT / "constraints.txt")
+    base = SERVICES["airflow-scheduler"]["environment"]["_PIP_ADDITIONAL_REQUIREMENTS"].split()
+    celery = CELERY["services"]["airflow-worker"]["environment"]["_PIP_ADDITIONAL_REQUIREMENTS"].split()
+    assert set(base) < set(celery)  # the same pins, plus the Celery provider
+    for spec in celery:
+        name, version = re.sub(r"\[.*\]", "", spec).split("==")
+        assert req[name.lower()] == version, spec
+    assert f"apache-airflow-providers-celery=={req['apache-airflow-providers-celery']}" in celery

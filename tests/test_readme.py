@@ -42,6 +42,7 @@ def test_every_console_command_is_accounted_for() -> None:
     commands = [line for b in blocks("console") for line in b.splitlines() if line.strip()]
     known = (
         "make demo",
+        "make ui",
         "make test",
         "docker compose up",
         "aws rds ",
@@ -49,8 +50,10 @@ def test_every_console_command_is_accounted_for() -> None:
         "airflow pools set ",
     )
     assert all(c.startswith(known) for c in commands), commands
-    # make demo: tests/test_demo.py; make test: CI; docker compose up: tests/test_compose.py
-    assert console("make demo") and console("make test") and console("docker compose up")
+    # make demo: tests/test_demo.py; make ui: tests/test_ui.py; make test: CI;
+    # docker compose up: tests/test_compose.py
+    assert console("make demo") and console("make ui") and console("make test")
+    assert console("docker compose up")
 
 
 def test_the_aws_cli_command_is_a_valid_call(scenario: Scenario) -> None:
