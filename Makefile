@@ -1,6 +1,7 @@
 # inactive_users: build / test tooling.
 #
 #   make venv         create .venv and install requirements-dev.txt (pinned by constraints.txt) + `-e .`
+#   make browser      install Debian's chromium + chromium-driver for the browser test (root; no-op when present)
 #   make lint         ruff check + ruff format --check
 #   make typecheck    mypy
 #   make test         venv, lint, typecheck, then pytest
@@ -30,7 +31,7 @@ PYTEST_ARGS ?= -n auto --durations=15
 
 export UV_NO_PROGRESS := 1
 
-.PHONY: help venv lint typecheck test demo ui bench constraints clean
+.PHONY: help venv browser lint typecheck test demo ui bench constraints clean
 
 help:
 	@sed -n 's/^#   \(make \)/\1/p' $(firstword $(MAKEFILE_LIST))
@@ -57,6 +58,20 @@ $(STAMP): $(UV_STAMP) $(REQUIREMENTS)
 venv: $(STAMP)
 	@echo "==> $(VENV) is up to date"
 
+# The status page's browser test drives Debian's chromium through chromium-driver (Selenium).
+# Installed where missing when run as root on Debian; otherwise the test is skipped, saying why.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then \
+		echo "==> chromium and chromedriver are installed"; \
+	elif [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+		echo "==> chromium / chromium-driver missing (not root, or not Debian): the browser test will be skipped;" \
+			"install them with: apt-get install chromium chromium-driver"; \
+	else \
+		echo "==> apt-get install chromium chromium-driver (for the browser test)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			chromium chromium-driver >/dev/null; \
+	fi
+
 # --- quality gates ----------------------------------------------------------
 
 lint: venv
@@ -69,7 +84,7 @@ typecheck: venv
 	@echo "==> mypy (config in pyproject.toml)"
 	$(VENV)/bin/mypy
 
-test: venv lint typecheck
+test: venv browser lint typecheck
 	@echo "==> pytest $(PYTEST_ARGS)"
 	$(VPY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 

@@ -13,11 +13,14 @@ from inactive_users.policy import (
     LOCKED,
     READY_TO_DELETE,
     STATUSES,
+    Due,
     Exclusions,
     RoleInfo,
     StreamHealth,
     Thresholds,
     UserState,
+    days_until,
+    due,
     exclusion_reason,
     log_gap_error,
     make_plan,
@@ -109,6 +112,20 @@ def test_lock_boundary_is_inclusive() -> None:
     states = [UserState("x", 1, ago(90), ACTIVE), UserState("y", 2, ago(90) + timedelta(seconds=1), ACTIVE)]
     plan = make_plan(states, roles, Exclusions(), Thresholds(max_action_ratio=1), NOW)
     assert [p.name for p in plan.lock] == ["x"]
+
+
+def test_days_until_each_threshold_agree_with_the_plan() -> None:
+    """The status page's days until lock / drop: 0 exactly when the plan acts, None when never."""
+    t = Thresholds(90, 180, max_action_ratio=1)
+    for days in (0, 0.5, 89.99, 90, 120.25, 179.5, 180, 400):
+        when = due(ago(days), t, locked=False)
+        plan = make_plan([UserState("x", 1, ago(days), ACTIVE)], {1: role(1, "x")}, Exclusions(), t, NOW)
+        assert (days_until(when.lock, NOW) == 0) == bool(plan.lock or plan.delete), days
+        assert (days_until(when.drop, NOW) == 0) == bool(plan.delete), days
+    assert days_until(due(ago(80.5), t, locked=False).lock, NOW) == 10  # 9.5 days left: rounded up
+    assert due(ago(100), t, locked=True).lock is None  # locked already: no lock is due
+    assert due(ago(100), Thresholds(None, None), locked=False) == Due(None, None)
+    assert days_until(None, NOW) is None
 
 
 def test_renamed_or_recreated_roles_are_not_acted_on_until_synced() -> None:

@@ -6,6 +6,7 @@ plan; keeping the decisions here lets them be tested exhaustively without a serv
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -245,6 +246,31 @@ def make_plan(
     return plan
 
 
+@dataclass(frozen=True, slots=True)
+class Due:
+    """When a role reaches each threshold (None: never, or for the lock: it is locked already)."""
+
+    lock: datetime | None
+    drop: datetime | None
+
+
+def due(last_login: datetime, t: Thresholds, *, locked: bool) -> Due:
+    """The times a role last seen at ``last_login`` reaches the lock and the drop threshold.
+
+    ``locked``: the role is locked already, so no lock is due. The first run from a time on acts.
+    """
+    lock = None if locked or t.lock_after_days is None else last_login + timedelta(days=t.lock_after_days)
+    drop = None if t.delete_after_days is None else last_login + timedelta(days=t.delete_after_days)
+    return Due(lock, drop)
+
+
+def days_until(when: datetime | None, as_of: datetime) -> int | None:
+    """Whole days from ``as_of`` until ``when``, rounded up (0: reached); None stays None (never)."""
+    if when is None:
+        return None
+    return max(0, math.ceil((when - as_of) / timedelta(days=1)))
+
+
 def upcoming(item: Planned, t: Thresholds, as_of: datetime, *, locked: bool) -> Upcoming | None:
     """The next threshold ``item`` reaches within ``warn_before_days`` of ``as_of``, if any.
 
@@ -254,14 +280,14 @@ def upcoming(item: Planned, t: Thresholds, as_of: datetime, *, locked: bool) -> 
     if t.warn_before_days is None or item.status == READY_TO_DELETE:
         return None
     horizon = as_of + timedelta(days=t.warn_before_days)
-    for action, days in ((UPCOMING_LOCK, t.lock_after_days), (UPCOMING_DROP, t.delete_after_days)):
-        if days is None or (action == UPCOMING_LOCK and locked):
+    when = due(item.last_login, t, locked=locked)
+    for action, at in ((UPCOMING_LOCK, when.lock), (UPCOMING_DROP, when.drop)):
+        if at is None:
             continue
-        due = item.last_login + timedelta(days=days)
-        if due <= as_of:
+        if at <= as_of:
             continue  # reached: acted on this run (or, for a lock, the role is locked already)
-        if due <= horizon:
-            return Upcoming(item.name, item.oid, item.last_login, action, due)
+        if at <= horizon:
+            return Upcoming(item.name, item.oid, item.last_login, action, at)
         return None  # the next threshold is further away than the warning window
     return None
 

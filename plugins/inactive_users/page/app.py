@@ -1,0 +1,167 @@
+"""The status page: a FastAPI app the plugin mounts under ``/inactive-users`` in the api-server.
+
+Plugin apps get no authorization from Airflow, so every route asks Airflow's own dependencies:
+``get_user`` reads the same JWT the UI and the REST API use (``Authorization: Bearer``, or the UI's
+``_token`` cookie) and answers 401 without one; ``requires_access_dag`` asks the auth manager
+whether that user may read the cluster's DAG (403 if not). An unknown cluster is a 404, and a
+cluster that cannot be read a 503 whose text names no host, user, password or DSN.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from datetime import date
+from typing import Annotated, Any
+
+import psycopg
+from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_dag
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import HTTPException
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from inactive_users import config
+from inactive_users.alerts import scrub
+from inactive_users.config import ClusterConfig
+from inactive_users.page import queries, render
+from inactive_users.page.urls import URL_PREFIX, base_path
+
+log = logging.getLogger("inactive_users.page")
+
+
+class ClusterUnreachable(Exception):
+    """The cluster's state could not be read; the message is safe to show."""
+
+    def __init__(self, cluster_id: str, message: str) -> None:
+        super().__init__(message)
+        self.cluster_id = cluster_id
+
+
+def _clusters() -> list[ClusterConfig]:
+    """The configured clusters, read per request: a config change shows without a restart."""
+    return config.load().clusters
+
+
+def _cluster(cluster_id: str) -> ClusterConfig:
+    found = next((c for c in _clusters() if c.cluster_id == cluster_id), None)
+    if found is None:
+        raise HTTPException(404, f"no cluster {cluster_id!r} in the inactive_users configuration")
+    return found
+
+
+def _authorize(request: Request, user: Any, cluster: ClusterConfig) -> ClusterConfig:
+    """403 unless the auth manager lets ``user`` read the cluster's DAG (Airflow's own check)."""
+    requires_access_dag("GET", param_dag_id=cluster.dag_id)(request, user)
+    return cluster
+
+
+def readable_cluster(cluster_id: str, request: Request, user: GetUserDep) -> ClusterConfig:
+    """The user (401), then the cluster (404), then the user's access to its DAG (403)."""
+    return _authorize(request, user, _cluster(cluster_id))
+
+
+ReadableCluster = Annotated[ClusterConfig, Depends(readable_cluster)]
+
+
+def _status(cluster: ClusterConfig) -> queries.ClusterStatus:
+    try:
+        return queries.read_status(cluster, queries.airflow_connect(cluster.postgres_conn_id))
+    except Exception as exc:  # psycopg errors, a missing Airflow connection, the IAM token call
+        # The log keeps what went wrong (credentials scrubbed); the page says only that.
+        log.warning("status page: cluster %s could not be read: %s", cluster.cluster_id, scrub(str(exc)))
+        if isinstance(exc, psycopg.errors.QueryCanceled):
+            why = f"it did not answer within {queries.STATEMENT_TIMEOUT_MS / 1000:g} s"
+        elif isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.InvalidSchemaName):
+            why = "its state schema does not exist yet (run the cluster's DAG once)"
+        else:
+            why = f"the connection failed ({type(exc).__name__})"
+        raise ClusterUnreachable(
+            cluster.cluster_id,
+            f"Cluster {cluster.cluster_id} cannot be reached: {why}. The api-server's log says more.",
+        ) from None
+
+
+def _wants_html(request: Request) -> bool:
+    path = request.url.path
+    return "/api/" not in path and not path.endswith(".csv")
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(title="inactive_users status page", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        detail = str(exc.detail)
+        if not _wants_html(request):
+            return JSONResponse({"detail": detail}, exc.status_code, headers=exc.headers)
+        link = None
+        if exc.status_code == 401:
+            from airflow.api_fastapi.app import get_auth_manager
+
+            link = ("Log in to Airflow", get_auth_manager().get_url_login(next_url=str(request.url)))
+        title = {401: "Not logged in", 403: "Forbidden", 404: "Not found"}.get(exc.status_code, "Error")
+        return HTMLResponse(render.error_page(title, detail, exc.status_code, link), exc.status_code)
+
+    @app.exception_handler(ClusterUnreachable)
+    async def unreachable(request: Request, exc: ClusterUnreachable) -> Response:
+        if not _wants_html(request):
+            return JSONResponse({"detail": str(exc), "cluster_id": exc.cluster_id}, 503)
+        return HTMLResponse(render.error_page("Cluster cannot be reached", str(exc), 503), 503)
+
+    @app.get("/api/clusters/{cluster_id}/roles")
+    def roles_json(cluster: ReadableCluster) -> JSONResponse:
+        s = _status(cluster)
+        return JSONResponse(
+            {
+                "cluster_id": s.cluster_id,
+                "dag_id": s.dag_id,
+                "as_of": s.as_of.isoformat(),
+                "lock_after_days": s.lock_after_days,
+                "delete_after_days": s.delete_after_days,
+                "counts": s.counts(),
+                "roles": [r.as_json() for r in s.roles],
+            }
+        )
+
+    @app.get("/clusters/{cluster_id}/roles.csv")
+    def roles_csv(cluster: ReadableCluster) -> Response:
+        s = _status(cluster)
+        name = f"inactive_users_{s.cluster_id}_{date.isoformat(s.as_of.date())}.csv"
+        return Response(
+            render.roles_csv(s.roles),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )
+
+    @app.get("/clusters/{cluster_id}", response_class=HTMLResponse)
+    def cluster_page(cluster: ReadableCluster) -> HTMLResponse:
+        s = _status(cluster)
+        nonce = secrets.token_urlsafe(16)
+        base = base_path() + URL_PREFIX
+        body = render.status_page(
+            s,
+            nonce,
+            csv_url=f"{base}/clusters/{s.cluster_id}/roles.csv",
+            json_url=f"{base}/api/clusters/{s.cluster_id}/roles",
+        )
+        csp = (
+            f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
+            "img-src 'self'; frame-ancestors 'self'; base-uri 'none'; form-action 'none'"
+        )
+        return HTMLResponse(body, headers={"Content-Security-Policy": csp, "Cache-Control": "no-store"})
+
+    @app.get("/dags/{dag_id}")
+    def dag_tab(dag_id: str, request: Request, user: GetUserDep) -> RedirectResponse:
+        """The DAG page's tab (external_views shows it on every DAG): ours lead to their cluster."""
+        cluster = next((c for c in _clusters() if c.dag_id == dag_id), None)
+        if cluster is None:
+            raise HTTPException(
+                404,
+                f"DAG {dag_id!r} is not an inactive_users DAG: this tab shows the status of the "
+                f"clusters in the inactive_users configuration (DAG ids starting {config.DAG_ID_PREFIX!r}).",
+            )
+        _authorize(request, user, cluster)
+        return RedirectResponse(f"{base_path()}{URL_PREFIX}/clusters/{cluster.cluster_id}", 307)
+
+    return app
