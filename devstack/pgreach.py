@@ -79,7 +79,7 @@ def reachable_bin_dir(bin_dir: Path, version: int, os_user: str) -> Path:
     install = bin_dir.parent
     package = install.parent
     libs = package.parent / f"{package.name}.libs"
-    # Debian's /usr/lib/postgresql/<v> has no share/ (it is /usr/share/postgresql/<v>): check what is there
+    # Only what exists: Debian's /usr/lib/postgresql/<v> has no share/ (it is /usr/share/...).
     needed = [bin_dir, *(p for p in (install / "lib", install / "share", libs) if p.exists())]
     if all(can_enter(p, os_user) for p in needed):
         return bin_dir

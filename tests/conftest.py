@@ -11,9 +11,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 # Airflow reads its home at import time: give the test session its own before anything imports it.
 _AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="iu-airflow-home-"))
@@ -38,15 +38,17 @@ from tests.dagrun import DagHarness
 from tests.scenario import Scenario
 
 PASSWORD = "Sup3r-s3cret-pw"
+T = TypeVar("T")
 
 
-@contextmanager
-def _setup_step() -> Iterator[None]:
-    """A known set-up problem fails the test with its one line (what to do), not a traceback."""
+def _set_up(make: Callable[[], T]) -> T:
+    """``make()``; a known set-up problem fails the test with its one line, not a traceback."""
     try:
-        yield
+        return make()
     except SetupError as exc:
-        pytest.fail(f"set-up failed: {str(exc).splitlines()[0]}", pytrace=False)
+        problem = str(exc).splitlines()[0]
+    # Outside the except block, so no "during handling of the above exception" chain is printed.
+    pytest.fail(f"set-up failed: {problem}", pytrace=False)
 
 
 try:
@@ -82,8 +84,7 @@ def pg_binaries(request: pytest.FixtureRequest) -> PgBinaries:
 
 @pytest.fixture(scope="session")
 def pg_template(pg_binaries: PgBinaries) -> Iterator[Path]:
-    with _setup_step():
-        path = create_template(pg_binaries, PASSWORD)
+    path = _set_up(lambda: create_template(pg_binaries, PASSWORD))
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
@@ -91,8 +92,7 @@ def pg_template(pg_binaries: PgBinaries) -> Iterator[Path]:
 @pytest.fixture
 def pg(pg_binaries: PgBinaries, pg_template: Path) -> Iterator[PgCluster]:
     """A fresh cluster per test: roles are cluster-wide, so tests cannot share one."""
-    with _setup_step():
-        cluster = cluster_from_template(pg_template, pg_binaries, PASSWORD)
+    cluster = _set_up(lambda: cluster_from_template(pg_template, pg_binaries, PASSWORD))
     try:
         yield cluster
     finally:
@@ -103,8 +103,7 @@ def pg(pg_binaries: PgBinaries, pg_template: Path) -> Iterator[PgCluster]:
 @pytest.fixture
 def pg_standby(pg: PgCluster) -> Iterator[PgCluster]:
     """A streaming hot standby of ``pg``'s cluster: its own port, socket dir and log file."""
-    with _setup_step():
-        standby = pg.create_standby()
+    standby = _set_up(pg.create_standby)
     try:
         yield standby
     finally:
@@ -114,8 +113,7 @@ def pg_standby(pg: PgCluster) -> Iterator[PgCluster]:
 
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[MotoServer]:
-    with _setup_step():
-        server = MotoServer().start()
+    server = _set_up(MotoServer().start)
     try:
         yield server
     finally:
