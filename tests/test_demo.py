@@ -59,7 +59,7 @@ def test_demo_shows_every_outcome_and_leaves_nothing_running(tmp_path: Path) -> 
         evidence = {r["user_name"]: r for r in read_csv(Path(csv_copy).read_bytes())}
         assert (evidence["ana_100"]["status"], evidence["ana_100"]["action"]) == ("Locked", "lock")
         assert evidence["carl_200"]["status"] == "Dropped"
-        assert "in database postgres" in evidence["bob_200_owner"]["blockers"]
+        assert evidence["bob_200_owner"]["blockers"] == "database postgres: owns table sales.q3_report"
         assert json.loads(Path(manifest_copy).read_text())["csv"]["uri"] == written[0][0]
         assert "the CSV's SHA-256 matches the manifest" in out
     log = (tmp_path / "demo" / "dags-test.log").read_text()
