@@ -27,7 +27,7 @@ REQUIREMENTS := requirements.txt requirements-dev.txt constraints.txt pyproject.
 LINT_PATHS := $(wildcard plugins dags devstack tests bench)
 # Tests run on every core (pytest-xdist): each worker has its own Airflow home, moto server and
 # PostgreSQL templates, and every server picks a free port. PYTEST_ARGS='-n 0' runs them serially.
-PYTEST_ARGS ?= -n auto --durations=15
+PYTEST_ARGS ?= -n 3 --durations=15
 
 export UV_NO_PROGRESS := 1
 
