@@ -25,7 +25,8 @@ REQUIREMENTS := requirements.txt requirements-dev.txt constraints.txt pyproject.
 
 # Lint only the directories that exist (some arrive in later issues).
 LINT_PATHS := $(wildcard plugins dags devstack tests bench)
-# Tests run on every core (pytest-xdist): each worker has its own Airflow home, moto server and
+# Tests run in three pytest-xdist workers (more than the 2 cores: the live Airflow, demo and DAG-run
+# tests spend much of their time waiting on child processes): each worker has its own Airflow home, moto server and
 # PostgreSQL templates, and every server picks a free port. PYTEST_ARGS='-n 0' runs them serially.
 PYTEST_ARGS ?= -n 3 --durations=15
 
