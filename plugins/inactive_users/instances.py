@@ -67,11 +67,22 @@ def airflow_database_connector(postgres_conn_id: str) -> Callable[[str], psycopg
     return connect
 
 
-def _connect(postgres_conn_id: str, endpoint: str, database: str | None) -> psycopg.Connection:
+def bounded_connector(postgres_conn_id: str) -> Connect:
+    """The Airflow connection as configured, failing within ``CONNECT_TIMEOUT`` (a page must not hang)."""
+
+    def connect() -> psycopg.Connection:
+        return _connect(postgres_conn_id, AS_CONFIGURED, None, bounded=True)
+
+    return connect
+
+
+def _connect(
+    postgres_conn_id: str, endpoint: str, database: str | None, *, bounded: bool = False
+) -> psycopg.Connection:
     from airflow.providers.postgres.hooks.postgres import PostgresHook
 
     hook = PostgresHook(postgres_conn_id=postgres_conn_id)
-    if endpoint != AS_CONFIGURED or database is not None:
+    if bounded or endpoint != AS_CONFIGURED or database is not None:
         target = copy.deepcopy(hook.connection)  # a copy: the configured connection is unchanged
         if endpoint != AS_CONFIGURED:
             host, _, port = endpoint.rpartition(":")

@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from inactive_users import config
 from inactive_users.alerts import scrub
 from inactive_users.config import ClusterConfig
+from inactive_users.instances import bounded_connector
 from inactive_users.page import queries, render
 from inactive_users.page.urls import URL_PREFIX, base_path
 
@@ -66,7 +67,7 @@ ReadableCluster = Annotated[ClusterConfig, Depends(readable_cluster)]
 
 def _status(cluster: ClusterConfig) -> queries.ClusterStatus:
     try:
-        return queries.read_status(cluster, queries.airflow_connect(cluster.postgres_conn_id))
+        return queries.read_status(cluster, bounded_connector(cluster.postgres_conn_id))
     except Exception as exc:  # psycopg errors, a missing Airflow connection, the IAM token call
         # The log keeps what went wrong (credentials scrubbed); the page says only that.
         log.warning("status page: cluster %s could not be read: %s", cluster.cluster_id, scrub(str(exc)))

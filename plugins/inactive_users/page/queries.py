@@ -7,19 +7,16 @@ cluster answers with an error instead of holding an api-server worker.
 
 from __future__ import annotations
 
-import copy
-import json
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
-import psycopg
 from psycopg import sql
 
 from inactive_users import state
 from inactive_users.config import ClusterConfig
-from inactive_users.instances import CONNECT_TIMEOUT
+from inactive_users.instances import Connect
 from inactive_users.policy import (
     LOCKED,
     READY_TO_DELETE,
@@ -37,7 +34,6 @@ STATEMENT_TIMEOUT_MS = 5000
 #: Rows of action_history on the page.
 HISTORY_ROWS = 50
 
-Connect = Callable[[], psycopg.Connection]
 _NO_ACTION: dict[str, Any] = {"last_action": None, "last_action_at": None, "last_action_reason": None}
 
 
@@ -90,22 +86,6 @@ class ClusterStatus:
         for r in self.roles:
             found[r.status] = found.get(r.status, 0) + 1
         return found
-
-
-def airflow_connect(postgres_conn_id: str) -> Connect:
-    """The cluster's Airflow Postgres connection, failing within ``CONNECT_TIMEOUT`` seconds."""
-
-    def connect() -> psycopg.Connection:
-        from airflow.providers.postgres.hooks.postgres import PostgresHook
-
-        target = copy.deepcopy(PostgresHook(postgres_conn_id=postgres_conn_id).connection)
-        extra = target.extra_dejson
-        if "connect_timeout" not in extra:
-            target.extra = json.dumps({**extra, "connect_timeout": CONNECT_TIMEOUT})
-        hook = PostgresHook(postgres_conn_id=postgres_conn_id, connection=target)
-        return cast(psycopg.Connection, hook.get_conn())
-
-    return connect
 
 
 _ROWS_SQL = """
