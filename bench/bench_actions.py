@@ -37,9 +37,9 @@ from psycopg import sql  # noqa: E402
 
 from devstack.pgcluster import PgCluster, embedded_binaries, running_cluster  # noqa: E402
 from inactive_users import migrations  # noqa: E402
+from inactive_users.core.policy import Plan, Planned  # noqa: E402
+from inactive_users.core.settings import EngineSettings  # noqa: E402
 from inactive_users.engine import Engine  # noqa: E402
-from inactive_users.policy import Plan, Planned  # noqa: E402
-from inactive_users.settings import EngineSettings  # noqa: E402
 
 ROLES = int(os.environ.get("BENCH_ACTION_ROLES", "5000"))
 REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))

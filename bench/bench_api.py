@@ -64,8 +64,8 @@ os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
 from bench.synthlog import Expected, aurora_events  # noqa: E402
 from devstack import shipper  # noqa: E402
 from devstack.motoserver import MotoServer, airflow_aws_conn, boto_client  # noqa: E402
-from inactive_users.cloudwatch import CloudWatchLogins  # noqa: E402
-from inactive_users.logparse import LoginSummary  # noqa: E402
+from inactive_users.aws.cloudwatch import CloudWatchLogins  # noqa: E402
+from inactive_users.core.logparse import LoginSummary  # noqa: E402
 
 EVENTS = int(os.environ.get("BENCH_EVENTS", "1000000"))
 STREAMS = int(os.environ.get("BENCH_STREAMS", "3"))

@@ -35,8 +35,8 @@ import psycopg  # noqa: E402
 
 from devstack.pgcluster import embedded_binaries, running_cluster  # noqa: E402
 from inactive_users import migrations, state  # noqa: E402
+from inactive_users.core.settings import EngineSettings  # noqa: E402
 from inactive_users.engine import Engine  # noqa: E402
-from inactive_users.settings import EngineSettings  # noqa: E402
 
 ROLES = int(os.environ.get("BENCH_ROLES", "100000"))
 BASELINE_SAMPLE = int(os.environ.get("BENCH_BASELINE_SAMPLE", "5000"))

@@ -163,7 +163,7 @@ def seed_history(pg: PgCluster, names: list[str], days: int) -> None:
     stored times can be checked against the events (a role first seen by the job would instead
     start at the time it was first seen, later than any login read).
     """
-    from inactive_users import migrations
+    from inactive_users.postgres import migrations
 
     with pg.connect() as admin:
         migrations.migrate(admin, "inactive_users")

@@ -35,7 +35,7 @@ from airflow.dag_processing.dagbag import DagBag
 t1, c1 = time.perf_counter(), time.process_time()
 bag = DagBag(dag_folder=sys.argv[1])
 t2, c2 = time.perf_counter(), time.process_time()
-from inactive_users.dag_factory import build_dags
+from inactive_users.face.dag_factory import build_dags
 t3 = time.perf_counter()
 dags = build_dags()
 t4 = time.perf_counter()

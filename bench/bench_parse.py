@@ -43,15 +43,15 @@ ROOT = Path(__file__).resolve().parents[1]
 if importlib.util.find_spec("inactive_users") is None:  # `make bench` only puts the repo root on the path
     sys.path.insert(0, str(ROOT / "plugins"))
 
-from inactive_users.logparse import LoginAggregator, LoginSummary  # noqa: E402
+from inactive_users.core.logparse import LoginAggregator, LoginSummary  # noqa: E402
 
 try:  # the recogniser for other prefixes (absent in versions before it)
-    from inactive_users.logformat import AURORA_16_PREFIX, LogFormat, compile_format
+    from inactive_users.core.logformat import AURORA_16_PREFIX, LogFormat, compile_format
 except ImportError:
     AURORA_16_PREFIX = ""
 
 try:  # the chunk path's pattern and chunk size (absent in versions before it)
-    from inactive_users.logparse import _LINE_EVENT, _chunks
+    from inactive_users.core.logparse import _LINE_EVENT, _chunks
 
     CHUNK = _chunks.__defaults__[0]  # type: ignore[index]
 except ImportError:

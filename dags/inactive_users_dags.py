@@ -3,6 +3,6 @@
 Parsing this file only reads the YAML; all database and AWS work happens inside the tasks.
 """
 
-from inactive_users.dag_factory import build_dags
+from inactive_users.face.dag_factory import build_dags
 
 globals().update(build_dags())

@@ -37,7 +37,7 @@ def create_roles(admin: psycopg.Connection) -> None:
 
 def seed_history(admin: psycopg.Connection) -> None:
     """The state a previous job left: last logins of known roles (in the engine's own schema)."""
-    from inactive_users.migrations import migrate
+    from inactive_users.postgres.migrations import migrate
 
     migrate(admin, "inactive_users")
     for name, (_, days, _) in STORIES.items():

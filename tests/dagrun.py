@@ -60,7 +60,7 @@ class DagHarness:
         self.config_path.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
 
     def dag(self, dag_id: str | None = None) -> Any:
-        from inactive_users.dag_factory import build_dags
+        from inactive_users.face.dag_factory import build_dags
 
         return build_dags(self.config_path)[
             dag_id or f"inactive_users__{self.sc.cluster_id.replace('-', '_')}"

@@ -20,8 +20,8 @@ from psycopg import sql
 from devstack import shipper
 from devstack.motoserver import MotoServer, airflow_aws_conn, boto_client
 from devstack.pgcluster import PgCluster
+from inactive_users.core.settings import EngineSettings
 from inactive_users.engine import Engine
-from inactive_users.settings import EngineSettings
 
 ROLE_PASSWORD = "r0le-Passw0rd!"
 

@@ -9,8 +9,9 @@ import pytest
 from devstack.awsfixtures import alert_topic_with_queue, drain_alerts
 from devstack.motoserver import MotoServer, airflow_aws_conn, boto_client
 from devstack.smtpsink import SmtpSink
-from inactive_users.alerts import SNS_MESSAGE_LIMIT, compose, compose_failure, scrub, send, sns_message
-from inactive_users.config import AlertConfig
+from inactive_users.core.alerts import SNS_MESSAGE_LIMIT, compose, compose_failure, scrub, sns_message
+from inactive_users.core.config import AlertConfig
+from inactive_users.face.notify import send
 
 OUTCOMES = [
     {

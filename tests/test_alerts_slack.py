@@ -16,8 +16,9 @@ from devstack.awsfixtures import alert_topic_with_queue, drain_alerts
 from devstack.motoserver import MotoServer, airflow_aws_conn, boto_client
 from devstack.smtpsink import SmtpSink
 from devstack.webhooksink import TOKEN, WebhookSink, refused_port, slack_webhook_conn
-from inactive_users.alerts import SLACK_TEXT_LIMIT, Alert, AlertNotSent, compose, scrub, send, slack_text
-from inactive_users.config import AlertConfig
+from inactive_users.core.alerts import SLACK_TEXT_LIMIT, Alert, compose, scrub, slack_text
+from inactive_users.core.config import AlertConfig
+from inactive_users.face.notify import AlertNotSent, send
 
 HOSTILE = 'a<b> & "<!channel>"'
 OUTCOMES = [

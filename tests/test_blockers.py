@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from psycopg import sql
 
-from inactive_users import blockers
+from inactive_users.postgres import blockers
 from tests.privileges import JOB_USER, create_job_user
 from tests.scenario import Scenario
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from inactive_users.policy import CLOUD_ROLES
+from inactive_users.core.policy import CLOUD_ROLES
 from tests.dagrun import DagHarness
 from tests.scenario import Scenario
 

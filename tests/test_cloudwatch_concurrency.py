@@ -32,14 +32,14 @@ from botocore.retries.standard import ExponentialBackoff
 from devstack import shipper
 from devstack.faultproxy import AwsError, FaultProxy, ProxiedRequest
 from devstack.motoserver import MotoServer, airflow_aws_conn, boto_client
-from inactive_users.cloudwatch import (
+from inactive_users.aws.cloudwatch import (
     CloudWatchLogins,
     LogQuotaExhausted,
     LogSourceError,
     RateLimiter,
     log_group_name,
 )
-from inactive_users.logparse import FILTER_LOGINS, LoginAggregator, LoginSummary
+from inactive_users.core.logparse import FILTER_LOGINS, LoginAggregator, LoginSummary
 
 CLUSTER = "cc-test"
 CONN_ID = "cc_aws"
@@ -330,7 +330,7 @@ def test_throttling_is_retried_within_the_budget_and_changes_nothing(
         calm.start()
         try:
             source = reader(max_concurrency=4, requests_per_second=20)
-            with caplog.at_level(logging.WARNING, logger="inactive_users.cloudwatch"):
+            with caplog.at_level(logging.WARNING, logger="inactive_users.aws.cloudwatch"):
                 got = source.read_many(logs_data["windows"], SETTLE)
         finally:
             calm.cancel()

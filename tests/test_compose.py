@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from devstack.pgcluster import AURORA_PREFIX
-from inactive_users.config import load
+from inactive_users.core.config import load
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())

@@ -7,9 +7,9 @@ from datetime import timedelta
 
 import pytest
 
+from inactive_users.core.settings import EngineSettings
 from inactive_users.engine import Engine
-from inactive_users.settings import EngineSettings
-from inactive_users.state import ConcurrentRunError
+from inactive_users.postgres.state import ConcurrentRunError
 from tests.scenario import Scenario
 
 

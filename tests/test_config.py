@@ -9,7 +9,14 @@ from typing import Any
 import pytest
 import yaml
 
-from inactive_users.config import _YAML_LOADER, ConfigError, EvidenceConfig, dag_id_for, load, run_options
+from inactive_users.core.config import (
+    _YAML_LOADER,
+    ConfigError,
+    EvidenceConfig,
+    dag_id_for,
+    load,
+    run_options,
+)
 
 ENTRY = {"cluster_id": "orders-prod", "postgres_conn_id": "orders_pg"}
 
@@ -125,6 +132,12 @@ BAD_VALUES: list[tuple[dict[str, Any], str]] = [
     ({"warn_before_days": 0}, "warn_before_days must be a whole number of days >= 1 or null, got 0"),
     ({"warn_before_days": "2w"}, "warn_before_days must be int or null, got '2w'"),
     ({"notify_role_contacts": "yes"}, "notify_role_contacts must be bool, got 'yes'"),
+    ({"approve_drops": "yes"}, "approve_drops must be bool, got 'yes'"),
+    (
+        {"approval_timeout_hours": 0},
+        "approval_timeout_hours must be > 0 (how long a DBA has to approve the drops), got 0",
+    ),
+    ({"approval_timeout_hours": "3d"}, "approval_timeout_hours must be int or float, got '3d'"),
     ({"ingest_pool": " "}, "ingest_pool must be an Airflow pool name or null, got ' '"),
     ({"instance_endpoints": {"i-1": "db-1:five"}}, "instance_endpoints['i-1'] must be 'host:port'"),
     ({"instance_endpoints": ["db-1:5432"]}, "instance_endpoints must be dict or null"),
@@ -161,7 +174,7 @@ BAD_VALUES: list[tuple[dict[str, Any], str]] = [
 
 
 def test_every_key_has_a_bad_value_case() -> None:
-    from inactive_users.config import (
+    from inactive_users.core.config import (
         ALERT_KEYS,
         CLUSTER_ONLY_KEYS,
         ENGINE_KEYS,
@@ -315,7 +328,7 @@ def test_bad_trigger_conf_is_named(tmp_path: Path, conf: dict[str, Any], message
 
 
 def test_topology_keys(tmp_path: Path) -> None:
-    from inactive_users.config import Endpoint, SecondaryCluster
+    from inactive_users.core.config import Endpoint, SecondaryCluster
 
     c = one(
         tmp_path,

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from inactive_users import actions
-from inactive_users.steps import MAX_NAMES_IN_XCOM
+from inactive_users.face.steps import MAX_NAMES_IN_XCOM
+from inactive_users.postgres import actions
 from tests.dagrun import MASTER, DagHarness
 from tests.privileges import create_job_user
 from tests.scenario import ROLE_PASSWORD, Scenario

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from inactive_users.config import load
-from inactive_users.dag_factory import build_dag
+from inactive_users.core.config import load
+from inactive_users.face.dag_factory import build_dag
 
 DAGS = Path(__file__).resolve().parents[1] / "dags"
 

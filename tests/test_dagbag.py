@@ -11,8 +11,8 @@ import pytest
 import yaml
 from airflow.sdk import TriggerRule, task
 
-from inactive_users.config import ClusterConfig, load
-from inactive_users.dag_factory import TASK_IDS, build_dag, build_dags, params_for
+from inactive_users.core.config import ClusterConfig, load
+from inactive_users.face.dag_factory import TASK_IDS, build_dag, build_dags, params_for
 
 DAGS = Path(__file__).resolve().parents[1] / "dags"
 
@@ -194,7 +194,7 @@ def split_fleet(folder: Path, parts: dict[str, list[str]]) -> None:
         config_path.write_text(yaml.safe_dump({"clusters": clusters}), encoding="utf-8")
         (folder / f"inactive_users_{name}.py").write_text(
             "# Airflow DAG file: the inactive_users DAGs of one part of the fleet\n"
-            "from inactive_users.dag_factory import build_dags\n\n"
+            "from inactive_users.face.dag_factory import build_dags\n\n"
             f"globals().update(build_dags({str(config_path)!r}))\n",
             encoding="utf-8",
         )

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from inactive_users.evidence import read_csv
+from inactive_users.core.evidence import read_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 

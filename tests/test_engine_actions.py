@@ -9,8 +9,8 @@ import psycopg
 import pytest
 
 from inactive_users.engine import SafetyGuardError
-from inactive_users.migrations import lock_key
-from inactive_users.state import ConcurrentRunError
+from inactive_users.postgres.migrations import lock_key
+from inactive_users.postgres.state import ConcurrentRunError
 from tests.scenario import ROLE_PASSWORD, Scenario
 
 WEIRD = 'We"ird Name 👀'
@@ -171,7 +171,7 @@ def test_dry_run_changes_nothing_even_on_a_fresh_cluster(scenario: Scenario) -> 
 
 
 def test_as_of_requires_dry_run(scenario: Scenario) -> None:
-    from inactive_users.settings import SettingsError
+    from inactive_users.core.settings import SettingsError
 
     with pytest.raises(SettingsError, match="only with dry_run"):
         scenario.engine().run([scenario.writer], as_of=scenario.sql("SELECT now()")[0][0])

@@ -8,9 +8,9 @@ from datetime import datetime, timedelta
 import psycopg
 import pytest
 
-from inactive_users import state
-from inactive_users.cloudwatch import LogSourceError
+from inactive_users.aws.cloudwatch import LogSourceError
 from inactive_users.engine import SafetyGuardError
+from inactive_users.postgres import state
 from tests.scenario import ROLE_PASSWORD, Scenario
 
 WEIRD = 'We"ird Name 👀'
@@ -201,7 +201,7 @@ def test_instance_without_connection_events_blocks_all_actions(scenario: Scenari
 
 
 def test_every_page_is_read_with_the_server_side_filters(scenario: Scenario) -> None:
-    from inactive_users.cloudwatch import CloudWatchLogins
+    from inactive_users.aws.cloudwatch import CloudWatchLogins
 
     sc = scenario
     names = [f"p{i}" for i in range(7)]

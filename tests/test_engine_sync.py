@@ -6,7 +6,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from inactive_users import migrations, state
+from inactive_users.postgres import migrations, state
 from tests.scenario import ROLE_PASSWORD, Scenario
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from devstack.motoserver import boto_client
-from inactive_users.evidence import (
+from inactive_users.core.evidence import (
     COLUMNS,
     DROPPED,
     RoleFacts,
@@ -32,7 +32,7 @@ from inactive_users.evidence import (
     to_csv,
     unescape_cell,
 )
-from inactive_users.policy import ACTIVE, LOCKED, READY_TO_DELETE, Thresholds
+from inactive_users.core.policy import ACTIVE, LOCKED, READY_TO_DELETE, Thresholds
 from tests.dagrun import DagHarness
 from tests.scenario import Scenario
 

@@ -29,7 +29,7 @@ from botocore.retries.standard import ExponentialBackoff
 
 from devstack.faultproxy import FAULTS, AwsError, FaultProxy, FaultProxyError, ProxiedRequest
 from devstack.motoserver import TEST_ACCESS_KEY, TEST_SECRET_KEY, MotoServer, airflow_aws_conn
-from inactive_users.cloudwatch import CloudWatchLogins, LogQuotaExhausted
+from inactive_users.aws.cloudwatch import CloudWatchLogins, LogQuotaExhausted
 from tests.scenario import Scenario
 
 PAGE_SIZE = 2  # many small FilterLogEvents pages, so many requests to fault

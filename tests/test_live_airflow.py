@@ -18,15 +18,15 @@ from typing import Any
 
 import psycopg
 import pytest
-import yaml
 
 from devstack.airflowenv import airflow_env
-from devstack.awsfixtures import alert_topic_with_queue, create_aurora, drain_alerts
+from devstack.awsfixtures import drain_alerts
 from devstack.liveairflow import LiveAirflow, redis_unreachable_reason
-from devstack.motoserver import MotoServer, boto_client
+from devstack.motoserver import MotoServer
 from devstack.pgcluster import PgBinaries, cluster_from_template
-from devstack.stories import MASTER, ROLE_PASSWORD, create_roles, seed_history
+from devstack.stories import ROLE_PASSWORD
 from tests.conftest import PASSWORD
+from tests.livestage import stage_demo
 from tests.scenario import Scenario
 
 pytestmark = pytest.mark.single_pg_version("the subject is the Airflow deployment, not PostgreSQL")
@@ -65,7 +65,7 @@ def live(
     with pytest.MonkeyPatch.context() as mp:
         sc = Scenario(pg, moto_server, mp)
         try:
-            sqs, queue_url = _stage(sc, work / "inactive_users.yaml")
+            sqs, queue_url = stage_demo(sc, work / "inactive_users.yaml")
             env = airflow_env(work, work / "inactive_users.yaml", "iu", pg, moto_server)
             components = ("api-server", "scheduler", "dag-processor")  # the DAG defers nothing
             with LiveAirflow(work, env, executor=executor, components=components) as af:
@@ -81,43 +81,6 @@ def live(
         finally:
             sc.close()
             pg.stop("immediate")
-
-
-def _stage(sc: Scenario, config: Path) -> tuple[Any, str]:
-    """Aurora with two instances and an SNS topic read back through SQS; the demo's roles with
-    their histories; real logins on the writer and the reader, shipped; the config file."""
-    rds, sns, sqs = (boto_client(sc.moto.endpoint_url, s) for s in ("rds", "sns", "sqs"))
-    create_aurora(rds, sc.cluster_id, master_user=MASTER, exports=["postgresql"])
-    topic_arn, queue_url = alert_topic_with_queue(sns, sqs, "dba-alerts", "dba-inbox")
-    create_roles(sc.admin)
-    seed_history(sc.admin)
-    assert sc.login("app_daily", password=ROLE_PASSWORD)
-    sc.ship(sc.writer)
-    assert sc.login("report_reader", password=ROLE_PASSWORD)
-    sc.ship(sc.reader)
-    here = f"127.0.0.1:{sc.pg.port}"  # moto's endpoints are names nothing answers
-    doc = {
-        "defaults": {
-            "schedule": None,  # unpausing must not start a scheduled run beside the triggered one
-            "settle_seconds": 0,
-            "max_action_ratio": 1.0,
-            "retries": 0,
-            "exclude_users": ["svc_etl"],
-            "alert": {"sns_topic_arn": topic_arn},
-        },
-        "clusters": [
-            {
-                "cluster_id": sc.cluster_id,
-                "postgres_conn_id": sc.pg_conn_id,
-                "aws_conn_id": sc.aws_conn_id,
-                "region_name": "us-east-1",
-                "instance_endpoints": {sc.writer: here, sc.reader: here},
-                "global_secondaries": [],
-            }
-        ],
-    }
-    config.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
-    return sqs, queue_url
 
 
 def test_a_triggered_run_locks_drops_and_logs_through_the_rest_api(live: LiveStage) -> None:

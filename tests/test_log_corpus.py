@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from devstack import shipper
-from inactive_users.logparse import LoginAggregator
+from inactive_users.core.logparse import LoginAggregator
 from tests.scenario import Scenario
 
 CASES: list[dict[str, Any]] = json.loads(

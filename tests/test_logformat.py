@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from devstack import shipper
-from inactive_users import logformat
-from inactive_users.logformat import (
+from inactive_users.core import logformat
+from inactive_users.core.logformat import (
     AURORA_16_PREFIX,
     AURORA_PREFIX,
     DEBIAN_PREFIX,
@@ -28,7 +28,7 @@ from inactive_users.logformat import (
     compile_format,
     utc_time,
 )
-from inactive_users.logparse import LoginAggregator, LoginSummary, redact, summarize
+from inactive_users.core.logparse import LoginAggregator, LoginSummary, redact, summarize
 from tests.test_logparse_fast import mix
 
 WHEN = datetime(2026, 11, 26, 9, 54, 51, 123000, tzinfo=UTC)

@@ -24,8 +24,14 @@ from psycopg import sql
 
 from devstack import shipper
 from devstack.pgcluster import PgBinaries, PgCluster, cluster_from_template
-from inactive_users.logformat import AURORA_16_PREFIX, AURORA_PREFIX, DEBIAN_PREFIX, LogFormat, compile_format
-from inactive_users.logparse import LoginAggregator, LoginSummary
+from inactive_users.core.logformat import (
+    AURORA_16_PREFIX,
+    AURORA_PREFIX,
+    DEBIAN_PREFIX,
+    LogFormat,
+    compile_format,
+)
+from inactive_users.core.logparse import LoginAggregator, LoginSummary
 from tests.conftest import PASSWORD
 
 ROLE_PASSWORD = "r0le-Passw0rd!"

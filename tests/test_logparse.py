@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inactive_users.logparse import LoginAggregator, parse_login, parse_timestamp, split_line, summarize
+from inactive_users.core.logparse import LoginAggregator, parse_login, parse_timestamp, split_line, summarize
 
 T = "2026-11-26 09:54:51 UTC"
 WHEN = datetime(2026, 11, 26, 9, 54, 51, tzinfo=UTC)

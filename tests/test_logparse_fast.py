@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inactive_users import logparse
-from inactive_users.logparse import LoginAggregator, LoginSummary, parse_timestamp, summarize
+from inactive_users.core import logparse
+from inactive_users.core.logparse import LoginAggregator, LoginSummary, parse_timestamp, summarize
 
 WHEN = datetime(2026, 11, 26, 9, 54, 51, tzinfo=UTC)
 Event = tuple[str, datetime | None]

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inactive_users.policy import (
+from inactive_users.core.policy import (
     ACTIVE,
     LOCKED,
     READY_TO_DELETE,

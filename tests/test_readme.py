@@ -17,7 +17,7 @@ import yaml
 
 from devstack.awsfixtures import create_aurora
 from devstack.motoserver import boto_client
-from inactive_users.config import load
+from inactive_users.core.config import load
 from tests.privileges import create_job_user
 from tests.scenario import ROLE_PASSWORD, Scenario
 
@@ -48,12 +48,24 @@ def test_every_console_command_is_accounted_for() -> None:
         "aws rds ",
         "airflow dags trigger ",
         "airflow pools set ",
+        "curl -X PATCH ",
     )
     assert all(c.startswith(known) for c in commands), commands
     # make demo: tests/test_demo.py; make ui: tests/test_ui.py; make test: CI;
     # docker compose up: tests/test_compose.py
     assert console("make demo") and console("make ui") and console("make test")
     assert console("docker compose up")
+
+
+def test_the_approval_call_is_the_one_the_live_test_makes() -> None:
+    """The README's answer to an approval: the same endpoint and body as tests/test_live_approval.py."""
+    from tests.test_live_approval import DAG_ID, hitl_path
+
+    [curl] = console("curl -X PATCH ")
+    args = shlex.split(curl)
+    url = hitl_path("$RUN_ID").replace(DAG_ID, "inactive_users__orders_prod")
+    assert args[-1] == f"$AIRFLOW/api/v2/{url}"
+    assert json.loads(args[args.index("-d") + 1]) == {"chosen_options": ["Approve"]}
 
 
 def test_the_aws_cli_command_is_a_valid_call(scenario: Scenario) -> None:
@@ -102,7 +114,7 @@ def test_the_airflow_trigger_command_creates_a_run(airflow_db: None, monkeypatch
     runs = json.loads(listed.stdout.strip().splitlines()[-1])
     assert any(r["state"] == "queued" for r in runs)
     # the conf it passes is one the DAG accepts
-    from inactive_users.config import run_options
+    from inactive_users.core.config import run_options
 
     cluster = load(ROOT / "dags" / "inactive_users.yaml").clusters[0]
     assert run_options(cluster, json.loads(args[args.index("--conf") + 1])).unlock_users == ("alice",)
@@ -123,7 +135,7 @@ def test_iam_policy_names_exactly_the_calls_the_code_makes() -> None:
         "sns:Publish",
         "rds-db:connect",
     }
-    source = "\n".join(p.read_text() for p in (ROOT / "plugins" / "inactive_users").glob("*.py"))
+    source = "\n".join(p.read_text() for p in (ROOT / "plugins" / "inactive_users").rglob("*.py"))
     calls = set(
         re.findall(
             r"\.(describe_db_clusters|describe_db_instances|filter_log_events|describe_log_groups|"
@@ -150,7 +162,7 @@ def test_iam_policy_names_exactly_the_calls_the_code_makes() -> None:
 def test_the_evidence_samples_have_the_columns_and_keys_the_code_writes() -> None:
     from datetime import UTC, datetime
 
-    from inactive_users.evidence import COLUMNS, manifest, read_csv
+    from inactive_users.core.evidence import COLUMNS, manifest, read_csv
 
     [sample_csv] = blocks("csv")
     rows = read_csv(sample_csv.encode() + b"\r\n")
@@ -188,7 +200,7 @@ def test_secrets_backend_class_exists() -> None:
 
 
 def test_documented_config_keys_are_the_accepted_ones() -> None:
-    from inactive_users.config import ALERT_KEYS, CLUSTER_ONLY_KEYS, ENGINE_KEYS, OTHER_DEFAULT_KEYS
+    from inactive_users.core.config import ALERT_KEYS, CLUSTER_ONLY_KEYS, ENGINE_KEYS, OTHER_DEFAULT_KEYS
 
     table = re.findall(r"^\| `([a-z_.]+)` \|", README, flags=re.M)
     documented = {k for k in table if not k.startswith(("alert.", "evidence."))} | {"alert", "evidence"}

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from devstack.pgcluster import AURORA_PREFIX, PgCluster
-from inactive_users.logparse import parse_login
+from inactive_users.core.logparse import parse_login
 
 ROLE = "reader_bob"
 ROLE_PASSWORD = "R3ader-pw"

@@ -12,7 +12,7 @@ import pytest
 from devstack import shipper
 from devstack.motoserver import MotoServer
 from devstack.pgcluster import PgBinaries, PgCluster, cluster_from_template
-from inactive_users.logparse import LoginAggregator
+from inactive_users.core.logparse import LoginAggregator
 from tests.conftest import PASSWORD
 from tests.scenario import Scenario
 

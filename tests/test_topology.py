@@ -16,7 +16,7 @@ import pytest
 from devstack.motoserver import boto_client
 from devstack.pgcluster import PgCluster, free_port
 from inactive_users.engine import SafetyGuardError
-from inactive_users.instances import airflow_connector
+from inactive_users.postgres.instances import airflow_connector
 from tests.dagrun import DagHarness
 from tests.scenario import ROLE_PASSWORD, Scenario
 

@@ -12,9 +12,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from devstack.smtpsink import SmtpSink
-from inactive_users.alerts import compose, compose_contact_notice
-from inactive_users.notices import contact_address, fingerprint
-from inactive_users.policy import (
+from inactive_users.core.alerts import compose, compose_contact_notice
+from inactive_users.core.policy import (
     ACTIVE,
     LOCKED,
     READY_TO_DELETE,
@@ -25,7 +24,8 @@ from inactive_users.policy import (
     UserState,
     make_plan,
 )
-from inactive_users.settings import EngineSettings, SettingsError
+from inactive_users.core.settings import EngineSettings, SettingsError
+from inactive_users.postgres.notices import contact_address, fingerprint
 from tests.dagrun import DagHarness
 from tests.scenario import Scenario
 

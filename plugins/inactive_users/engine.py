@@ -18,16 +18,12 @@ from typing import Protocol, cast
 
 import psycopg
 
-from inactive_users import actions, evidencestore, migrations, notices, planstore, state
-from inactive_users.actions import ActionReport, Outcome
-from inactive_users.alerts import scrub
-from inactive_users.blockers import ConnectDatabase
-from inactive_users.blockers import blockers as name_blockers
-from inactive_users.cloudwatch import LogSourceError
-from inactive_users.instances import Connect, SessionScan, airflow_database_connector, scan_sessions
-from inactive_users.logformat import LogFormat, LogFormatError, compile_format
-from inactive_users.logparse import LoginSummary
-from inactive_users.policy import (
+from inactive_users.aws import evidencestore
+from inactive_users.aws.cloudwatch import LogSourceError
+from inactive_users.core.alerts import scrub
+from inactive_users.core.logformat import LogFormat, LogFormatError, compile_format
+from inactive_users.core.logparse import LoginSummary
+from inactive_users.core.policy import (
     READY_TO_DELETE,
     Exclusions,
     Plan,
@@ -43,7 +39,12 @@ from inactive_users.policy import (
     retention_gap,
     session_error,
 )
-from inactive_users.settings import EngineSettings, SettingsError
+from inactive_users.core.settings import EngineSettings, SettingsError
+from inactive_users.postgres import actions, migrations, notices, planstore, state
+from inactive_users.postgres.actions import ActionReport, Outcome
+from inactive_users.postgres.blockers import ConnectDatabase
+from inactive_users.postgres.blockers import blockers as name_blockers
+from inactive_users.postgres.instances import Connect, SessionScan, airflow_database_connector, scan_sessions
 
 log = logging.getLogger("inactive_users")
 
@@ -156,7 +157,7 @@ class Engine:
         """An engine whose credentials all come from Airflow connections."""
         from airflow.providers.postgres.hooks.postgres import PostgresHook
 
-        from inactive_users.cloudwatch import CloudWatchLogins
+        from inactive_users.aws.cloudwatch import CloudWatchLogins
 
         def connect() -> psycopg.Connection:  # Engine.connection() makes it autocommit
             return cast(psycopg.Connection, PostgresHook(postgres_conn_id=postgres_conn_id).get_conn())
@@ -325,7 +326,8 @@ class Engine:
         _log_report("lock", report)
         return report
 
-    def delete(self, plan: Plan) -> ActionReport:
+    def delete(self, plan: Plan, *, may_drop: bool = True) -> ActionReport:
+        """Drop or flag the plan's roles; ``may_drop`` false: flag only (the drops were not approved)."""
         self._check_guard(plan)
         if not plan.delete:
             return ActionReport()
@@ -340,6 +342,7 @@ class Engine:
                 self.run_id,
                 self.lease_run_id,
                 self.connect_database,
+                may_drop=may_drop,
             )
         _log_report("delete", report)
         return report
@@ -637,6 +640,11 @@ class Engine:
     def _check_guard(self, plan: Plan) -> None:
         if plan.guard_error and not self.settings.dry_run:
             raise SafetyGuardError(plan.guard_error)
+
+    def preview_delete(self, items: Sequence[Planned]) -> ActionReport:
+        """What deleting ``items`` would do now (drop, or flag ReadyToDelete), changing nothing."""
+        with self.connection() as conn:
+            return self._preview_delete(conn, items)
 
     def _preview_delete(self, conn: psycopg.Connection, items: Sequence[Planned]) -> ActionReport:
         blockers = name_blockers(conn, [i.oid for i in items], self.connect_database)

@@ -22,8 +22,8 @@ from typing import cast
 
 import psycopg
 
-from inactive_users import state
-from inactive_users.alerts import scrub
+from inactive_users.core.alerts import scrub
+from inactive_users.postgres import state
 
 log = logging.getLogger("inactive_users")
 

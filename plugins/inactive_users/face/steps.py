@@ -18,23 +18,29 @@ import logging
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from inactive_users import alerts, evidence, evidencestore, notices, topology
-from inactive_users.actions import ActionReport, Outcome
-from inactive_users.cloudwatch import LogSourceError
-from inactive_users.config import ClusterConfig, ConfigError, RunOptions, run_options
+from inactive_users.aws import evidencestore, topology
+from inactive_users.aws.cloudwatch import LogSourceError
+from inactive_users.aws.topology import ClusterView, TopologyError
+from inactive_users.core import alerts, approval, evidence
+from inactive_users.core.config import ClusterConfig, ConfigError, RunOptions, run_options
+from inactive_users.core.logformat import LogFormat, compile_format
+from inactive_users.core.policy import Plan
+from inactive_users.core.settings import SettingsError
 from inactive_users.engine import Engine, LogStreams, SafetyGuardError
-from inactive_users.instances import Connect, airflow_connector
-from inactive_users.logformat import LogFormat, compile_format
-from inactive_users.policy import Plan
-from inactive_users.settings import SettingsError
-from inactive_users.state import ConcurrentRunError
-from inactive_users.topology import ClusterView, TopologyError
+from inactive_users.face import notify
+from inactive_users.postgres import notices
+from inactive_users.postgres.actions import ActionReport, Outcome
+from inactive_users.postgres.instances import Connect, airflow_connector
+from inactive_users.postgres.state import ConcurrentRunError
 
 log = logging.getLogger("inactive_users")
+
+#: The task that asks a DBA to approve the drops (with approve_drops), before delete_users.
+APPROVAL_TASK_ID = "approve_drops"
 
 #: At most this many names (or outcomes) in one list of a task's XCom; counts are always complete.
 MAX_NAMES_IN_XCOM = 1000
@@ -48,6 +54,10 @@ class PlanRecordError(RuntimeError):
     """The plan this run's plan task recorded in the state schema is not there as its XCom says."""
 
 
+class ApprovalError(RuntimeError):
+    """The drops have no approval that covers exactly the roles this run would drop."""
+
+
 PERMANENT = (
     ConfigError,
     SettingsError,
@@ -56,6 +66,7 @@ PERMANENT = (
     ConcurrentRunError,
     PreflightError,
     PlanRecordError,
+    ApprovalError,
     TopologyError,
 )
 
@@ -127,7 +138,7 @@ def _session_connectors(
 def _secondary_logs(
     cluster: ClusterConfig, opts: RunOptions, view: ClusterView, log_format: LogFormat | None
 ) -> LogStreams:
-    from inactive_users.cloudwatch import CloudWatchLogins
+    from inactive_users.aws.cloudwatch import CloudWatchLogins
 
     source = CloudWatchLogins(
         view.cluster_id,
@@ -349,17 +360,19 @@ def _upcoming_summary(eng: Engine, the_plan: Plan, opts: RunOptions) -> dict[str
     }
 
 
-def choose_actions(context: Mapping[str, Any]) -> list[str]:
+def choose_actions(cluster: ClusterConfig, context: Mapping[str, Any]) -> list[str]:
+    """The tasks to follow; with approve_drops, drops go through the approval first."""
     planned = context["ti"].xcom_pull(task_ids="plan") or {}
-    follow = [
-        t for t, key in (("lock_users", "lock_total"), ("delete_users", "delete_total")) if planned.get(key)
-    ]
+    delete = APPROVAL_TASK_ID if options(cluster, context).settings.approve_drops else "delete_users"
+    follow = [t for t, key in (("lock_users", "lock_total"), (delete, "delete_total")) if planned.get(key)]
     log.info("following %s", follow or ["nothing_to_do"])
     return follow or ["nothing_to_do"]
 
 
 def _act(cluster: ClusterConfig, context: Mapping[str, Any], which: str) -> dict[str, Any]:
     """Act on every role this run's plan recorded for ``which`` that a fresh plan still selects."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
     with permanent_errors():
         planned = context["ti"].xcom_pull(task_ids="plan") or {}
         if planned.get("dry_run"):
@@ -373,30 +386,58 @@ def _act(cluster: ClusterConfig, context: Mapping[str, Any], which: str) -> dict
                     len(preview["outcomes_sample"]),
                 )
             return {"dry_run": True, **preview}
-        eng, _, instances = _from_preflight(cluster, context)
-        recorded = eng.recorded_plan(which)
-        expected = planned.get(f"{which}_total")
-        if expected is None or len(recorded) != expected:
-            raise PlanRecordError(
-                f"this run's plan task planned {expected} roles to {which}, but {len(recorded)} are "
-                f"recorded for run {eng.run_id!r} in {eng.schema}.planned_action (a later run has "
-                "replaced the plan?). This task changed nothing; re-run the DAG from preflight."
-            )
-        fresh = eng.plan(instances)  # re-check at action time: someone may have logged in since
-        if fresh.guard_error:
-            raise SafetyGuardError(fresh.guard_error)
-        items = [p for p in (fresh.lock if which == "lock" else fresh.delete) if (p.name, p.oid) in recorded]
-        dropped_from_plan = sorted(name for name, _ in recorded - {(p.name, p.oid) for p in items})
-        log.info("%s: %d roles planned, %d still qualify", which, len(recorded), len(items))
-        if dropped_from_plan:
-            log.info(
-                "%d no longer qualifying since the plan (left alone): %s",
-                len(dropped_from_plan),
-                dropped_from_plan,
-            )
-        fresh.lock, fresh.delete = (items, []) if which == "lock" else ([], items)
-        report = eng.lock(fresh) if which == "lock" else eng.delete(fresh)
+        eng, opts, instances = _from_preflight(cluster, context)
+        fresh, recorded = _still_planned(eng, instances, planned, which)
+        may_drop = True
+        if which == "delete" and opts.settings.approve_drops:
+            decided = _approval(cluster, context)
+            if decided is None:
+                raise ApprovalError(
+                    "approve_drops recorded no answer (was it marked successful by hand?). Nothing "
+                    "was dropped; clear approve_drops to ask again."
+                )
+            if decided.outcome in (approval.REJECTED, approval.TIMED_OUT):
+                raise AirflowSkipException(approval.summary_line(decided, len(recorded)))
+            if decided.outcome == approval.APPROVED and decided.fingerprint != approval.fingerprint(recorded):
+                raise ApprovalError(
+                    f"the roles recorded for this run's drops (fingerprint {approval.fingerprint(recorded)}) "
+                    f"are not those approved ({decided.fingerprint}). Nothing was dropped; re-run the DAG."
+                )
+            may_drop = decided.may_drop
+            log.info("%s", approval.summary_line(decided, len(recorded)))
+        report = eng.lock(fresh) if which == "lock" else eng.delete(fresh, may_drop=may_drop)
     return {"dry_run": False, **_action_summary(report)}
+
+
+def _still_planned(
+    eng: Engine, instances: Sequence[str], planned: Mapping[str, Any], which: str
+) -> tuple[Plan, set[tuple[str, int]]]:
+    """A fresh plan holding only the roles this run recorded for ``which`` (and the recorded set).
+
+    The plan is made again at action time because someone may have logged in since.
+    """
+    recorded = eng.recorded_plan(which)
+    expected = planned.get(f"{which}_total")
+    if expected is None or len(recorded) != expected:
+        raise PlanRecordError(
+            f"this run's plan task planned {expected} roles to {which}, but {len(recorded)} are "
+            f"recorded for run {eng.run_id!r} in {eng.schema}.planned_action (a later run has "
+            "replaced the plan?). This task changed nothing; re-run the DAG from preflight."
+        )
+    fresh = eng.plan(instances)
+    if fresh.guard_error:
+        raise SafetyGuardError(fresh.guard_error)
+    items = [p for p in (fresh.lock if which == "lock" else fresh.delete) if (p.name, p.oid) in recorded]
+    dropped_from_plan = sorted(name for name, _ in recorded - {(p.name, p.oid) for p in items})
+    log.info("%s: %d roles planned, %d still qualify", which, len(recorded), len(items))
+    if dropped_from_plan:
+        log.info(
+            "%d no longer qualifying since the plan (left alone): %s",
+            len(dropped_from_plan),
+            dropped_from_plan,
+        )
+    fresh.lock, fresh.delete = (items, []) if which == "lock" else ([], items)
+    return fresh, recorded
 
 
 def lock_users(cluster: ClusterConfig, context: Mapping[str, Any]) -> dict[str, Any]:
@@ -405,6 +446,62 @@ def lock_users(cluster: ClusterConfig, context: Mapping[str, Any]) -> dict[str, 
 
 def delete_users(cluster: ClusterConfig, context: Mapping[str, Any]) -> dict[str, Any]:
     return _act(cluster, context, "delete")
+
+
+@dataclass(frozen=True)
+class Ask:
+    """What approve_drops asks about: the run's drops as a fresh preview sees them."""
+
+    asked: bool
+    why_not: str = ""
+    fingerprint: str | None = None
+    total: int = 0
+    would_drop: int = 0
+    preview: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_xcom(self) -> dict[str, Any]:
+        return {
+            "asked": self.asked,
+            "why_not": self.why_not,
+            "fingerprint": self.fingerprint,
+            "total": self.total,
+            "would_drop": self.would_drop,
+        }
+
+
+def drops_to_approve(cluster: ClusterConfig, context: Mapping[str, Any]) -> Ask:
+    """The question for approve_drops; none in a dry run or when every role would only be flagged."""
+    with permanent_errors():
+        planned = context["ti"].xcom_pull(task_ids="plan") or {}
+        if planned.get("dry_run"):
+            return Ask(False, "dry run: nothing is dropped, so nothing to approve")
+        eng, _, instances = _from_preflight(cluster, context)
+        fresh, recorded = _still_planned(eng, instances, planned, "delete")
+        preview = [asdict(o) for o in eng.preview_delete(fresh.delete).outcomes]
+        for o in preview:
+            _log_outcome(o, "to approve: ")
+        n = approval.would_drop(preview)
+        why_not = "" if n else f"none of the {len(preview)} roles due to be dropped would be dropped now"
+        return Ask(bool(n), why_not, approval.fingerprint(recorded), len(preview), n, preview)
+
+
+def _decision_note(context: Mapping[str, Any], decided: approval.Decision | None) -> tuple[str, str] | None:
+    """For the alert: a short label for the subject and the decision's line (None: none was asked)."""
+    if decided is None or decided.outcome == approval.NOT_ASKED:
+        return None
+    asked = context["ti"].xcom_pull(task_ids=APPROVAL_TASK_ID, key="asked") or {}
+    label = {approval.APPROVED: "drops approved", approval.REJECTED: "drops rejected"}.get(
+        decided.outcome, "drops timed out"
+    )
+    return label, approval.summary_line(decided, int(asked.get("total") or 0))
+
+
+def _approval(cluster: ClusterConfig, context: Mapping[str, Any]) -> approval.Decision | None:
+    """This run's decision on its drops (None: approve_drops did not decide, or is not in the DAG)."""
+    ti = context["ti"]
+    asked = ti.xcom_pull(task_ids=APPROVAL_TASK_ID, key="asked")
+    answer = ti.xcom_pull(task_ids=APPROVAL_TASK_ID, key="answer")
+    return approval.decision(answer, asked, cluster.approval_timeout_hours)
 
 
 def nothing_to_do(context: Mapping[str, Any]) -> None:
@@ -435,8 +532,12 @@ def alert(cluster: ClusterConfig, context: Mapping[str, Any]) -> dict[str, Any]:
     fingerprint = str(planned.get("upcoming_fingerprint") or notices.fingerprint(()))
     alerted = planned.get("upcoming_alerted_fingerprint")
     unchanged = fingerprint == alerted
-    has_actions = bool(alerts.alerting_outcomes(sample)) or any(
-        n and a in alerts.ALERTING for a, n in counts.items()
+    decided = _approval(cluster, context)
+    decision = _decision_note(context, decided)
+    has_actions = (
+        bool(alerts.alerting_outcomes(sample))
+        or any(n and a in alerts.ALERTING for a, n in counts.items())
+        or decision is not None
     )
     record = _UpcomingRecord(cluster, context) if not dry_run else None
     sent_notices = _notify_contacts(cluster, planned, record)
@@ -457,10 +558,11 @@ def alert(cluster: ClusterConfig, context: Mapping[str, Any]) -> dict[str, Any]:
         upcoming=planned.get("upcoming_sample") or [],
         upcoming_total=upcoming_total,
         warn_before_days=planned.get("warn_before_days"),
+        decision=decision,
     )
-    assert message is not None  # actions or upcoming roles, checked above
+    assert message is not None  # actions, a decision or upcoming roles, checked above
     log.info("alert:\n%s\n%s", message.subject, message.body)
-    sent = alerts.send(
+    sent = notify.send(
         message, cluster.alert, aws_conn_id=cluster.aws_conn_id, region_name=cluster.region_name
     )
     log.info("alert sent to %s", sent or "no notifier (logged only)")
@@ -510,7 +612,7 @@ def _notify_contacts(
             continue  # sent by an earlier try of this task or another run
         try:
             notice = alerts.compose_contact_notice(cluster.cluster_id, n.as_dict())
-            alerts.send_contact_notice(notice, n.contact)
+            notify.send_contact_notice(notice, n.contact)
         except Exception as exc:
             record.release(n)
             log.error(
@@ -671,6 +773,9 @@ def report(cluster: ClusterConfig, context: Mapping[str, Any]) -> dict[str, Any]
         ", ".join(f"{n} {a}" for a, n in sorted(counts.items())) or "none",
         "\n".join(rows),
     )
+    decision = _decision_note(context, _approval(cluster, context))
+    if decision:
+        log.info("%s", decision[1])
     if pre and not pre.get("dry_run"):
         try:
             with permanent_errors():
@@ -696,7 +801,7 @@ def report(cluster: ClusterConfig, context: Mapping[str, Any]) -> dict[str, Any]
         raise RunHadFailures(
             f"failed tasks: {failed_tasks or 'none'}; roles whose action failed: {listed}{note}"
         )
-    return {"outcomes": total, "failed": 0}
+    return {"outcomes": total, "failed": 0, **({"drops_decision": decision[1]} if decision else {})}
 
 
 def on_failure(cluster: ClusterConfig, context: Mapping[str, Any]) -> None:
@@ -708,6 +813,6 @@ def on_failure(cluster: ClusterConfig, context: Mapping[str, Any]) -> None:
     task_id = getattr(ti, "task_id", "?")
     try:
         message = alerts.compose_failure(cluster.cluster_id, str(context.get("run_id")), task_id, error)
-        alerts.send(message, cluster.alert, aws_conn_id=cluster.aws_conn_id, region_name=cluster.region_name)
+        notify.send(message, cluster.alert, aws_conn_id=cluster.aws_conn_id, region_name=cluster.region_name)
     except Exception as exc:
         log.error("failure alert could not be sent: %s", alerts.scrub(str(exc)))

@@ -14,8 +14,8 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
-from inactive_users.policy import Plan
-from inactive_users.state import t
+from inactive_users.core.policy import Plan
+from inactive_users.postgres.state import t
 
 LOCK = "lock"
 DELETE = "delete"

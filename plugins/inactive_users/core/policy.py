@@ -149,6 +149,9 @@ class Thresholds:
     max_action_ratio: float = 0.25
     override_guard: bool = False
     warn_before_days: int | None = 14  # roles reaching a threshold that soon are "upcoming"
+    # Drops wait for a DBA's approval: a role due to be dropped that is not locked yet is locked
+    # now too, so it is locked whatever the answer (and however long it takes).
+    lock_before_drop: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +198,10 @@ class Plan:
     @property
     def new_actions(self) -> int:
         """Roles whose access this run would newly remove (re-checks of ReadyToDelete excluded)."""
-        return len(self.lock) + sum(1 for p in self.delete if p.status != READY_TO_DELETE)
+        locking = {p.oid for p in self.lock}
+        return len(locking) + sum(
+            1 for p in self.delete if p.status != READY_TO_DELETE and p.oid not in locking
+        )
 
 
 def make_plan(
@@ -234,6 +240,8 @@ def make_plan(
         locking = False
         if _reached(inactive, thresholds.delete_after_days):
             plan.delete.append(item)
+            if thresholds.lock_before_drop and st.status == ACTIVE:
+                plan.lock.append(item)
             continue
         if _reached(inactive, thresholds.lock_after_days) and st.status == ACTIVE:
             plan.lock.append(item)

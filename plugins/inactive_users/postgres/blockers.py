@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from inactive_users.alerts import scrub
+from inactive_users.core.alerts import scrub
 
 log = logging.getLogger("inactive_users")
 

@@ -13,5 +13,7 @@ def get_provider_info() -> dict[str, Any]:
         "name": "Inactive Users",
         "description": "Lock, drop or flag dormant PostgreSQL login roles found from connection logs.",
         "versions": [__version__],
-        "plugins": [{"name": "inactive_users", "plugin-class": "inactive_users.plugin.InactiveUsersPlugin"}],
+        "plugins": [
+            {"name": "inactive_users", "plugin-class": "inactive_users.face.plugin.InactiveUsersPlugin"}
+        ],
     }

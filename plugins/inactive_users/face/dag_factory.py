@@ -26,8 +26,9 @@ from typing import Any, TypeVar
 
 from airflow.sdk import DAG, Param, TriggerRule, get_parsing_context, task
 
-from inactive_users import config, steps
-from inactive_users.config import ClusterConfig, LoadedConfig
+from inactive_users.core import config
+from inactive_users.core.config import ClusterConfig, LoadedConfig
+from inactive_users.face import steps
 
 TASK_IDS = (
     "preflight",
@@ -178,7 +179,7 @@ def build_dag(cluster: ClusterConfig) -> DAG:
         @task.branch(task_id="choose_actions", multiple_outputs=False)
         @_signature_once
         def choose_actions(**context: Any) -> list[str]:
-            return steps.choose_actions(context)
+            return steps.choose_actions(cluster, context)
 
         @task(task_id="lock_users", multiple_outputs=True)
         @_signature_once
@@ -200,9 +201,15 @@ def build_dag(cluster: ClusterConfig) -> DAG:
         def nothing_to_do(**context: Any) -> None:
             steps.nothing_to_do(context)
 
+        # with approvals, a rejection skips delete_users and leaves the alert no successful upstream
+        # when nothing was locked: it runs anyway, and tells who rejected
         @task(
             task_id="alert",
-            trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
+            trigger_rule=(
+                TriggerRule.NONE_FAILED
+                if cluster.settings.approve_drops
+                else TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS
+            ),
             retries=cluster.retries,
             multiple_outputs=True,
         )
@@ -225,11 +232,23 @@ def build_dag(cluster: ClusterConfig) -> DAG:
         branch = choose_actions()
         lock, delete, idle = lock_users(), delete_users(), nothing_to_do()
         preflight() >> sync_roles() >> ingest_logins() >> plan() >> branch
-        branch >> [lock, delete, idle]
-        lock >> delete
+        acts = [lock, delete, idle]
+        if cluster.settings.approve_drops:
+            # Drops wait for a DBA (a lock does not): the branch follows approve_drops, not
+            # delete_users. Its only downstream task is delete_users, the one a rejection skips.
+            from inactive_users.face.approval import DropApproval
+
+            approve = DropApproval(
+                cluster=cluster, trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS, retries=cluster.retries
+            )
+            branch >> [lock, approve, idle]
+            lock >> approve >> delete
+        else:
+            branch >> [lock, delete, idle]
+            lock >> delete
         notify, evidence = alert(), write_evidence()
-        [lock, delete, idle] >> notify
-        [lock, delete, idle] >> evidence
+        acts >> notify
+        acts >> evidence
         [notify, evidence] >> report()
     return dag
 

@@ -21,14 +21,14 @@ from fastapi.exceptions import HTTPException
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from inactive_users import config
-from inactive_users.alerts import scrub
-from inactive_users.config import ClusterConfig
-from inactive_users.instances import bounded_connector
-from inactive_users.page import queries, render
-from inactive_users.page.urls import URL_PREFIX, base_path
+from inactive_users.core import config
+from inactive_users.core.alerts import scrub
+from inactive_users.core.config import ClusterConfig
+from inactive_users.face.page import queries, render
+from inactive_users.face.page.urls import URL_PREFIX, base_path
+from inactive_users.postgres.instances import bounded_connector
 
-log = logging.getLogger("inactive_users.page")
+log = logging.getLogger("inactive_users.face.page")
 
 
 class ClusterUnreachable(Exception):

@@ -61,7 +61,7 @@ from itertools import chain, compress, islice, repeat
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
-    from inactive_users.logformat import LogFormat
+    from inactive_users.core.logformat import LogFormat
 
 LOGIN_PHRASE = "connection authorized: user="
 REPLICATION_PHRASE = "replication connection authorized: user="

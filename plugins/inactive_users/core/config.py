@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from inactive_users.settings import EngineSettings, SettingsError
+from inactive_users.core.settings import EngineSettings, SettingsError
 
 CONFIG_ENV = "INACTIVE_USERS_CONFIG"
 DAG_ID_PREFIX = "inactive_users__"
@@ -42,8 +42,17 @@ ENGINE_KEYS = (
     "logs_max_concurrency",
     "warn_before_days",
     "notify_role_contacts",
+    "approve_drops",
 )
-OTHER_DEFAULT_KEYS = ("schedule", "alert", "retries", "lease_hours", "ingest_pool", "evidence")
+OTHER_DEFAULT_KEYS = (
+    "schedule",
+    "alert",
+    "retries",
+    "lease_hours",
+    "ingest_pool",
+    "evidence",
+    "approval_timeout_hours",
+)
 CLUSTER_ONLY_KEYS = (
     "cluster_id",
     "postgres_conn_id",
@@ -79,6 +88,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "logs_max_concurrency": (int,),
     "warn_before_days": (int, type(None)),
     "notify_role_contacts": (bool,),
+    "approve_drops": (bool,),
+    "approval_timeout_hours": (int, float),
     "ingest_pool": (str, type(None)),
     "instance_endpoints": (dict, type(None)),
     "global_secondaries": (list, type(None)),
@@ -172,6 +183,9 @@ class ClusterConfig:
     global_secondaries: tuple[SecondaryCluster, ...] | None = None  # None: ask DescribeGlobalClusters
     ingest_pool: str | None = None  # Airflow pool of the ingest task (bounds the fleet's log reads)
     evidence: EvidenceConfig | None = None  # None: no evidence written
+    # With settings.approve_drops: how long approve_drops waits for a DBA; then the drops are
+    # rejected (nothing dropped, the roles stay locked) and the run goes on.
+    approval_timeout_hours: float = 72
 
     @property
     def dag_id(self) -> str:
@@ -284,6 +298,12 @@ def parse_cluster(entry: object, defaults: Mapping[str, Any], label: str) -> Clu
     lease = merged.get("lease_hours", 1)
     if lease <= 0:
         raise ConfigError(f"{label}: lease_hours must be > 0, got {lease!r}")
+    approval_timeout = merged.get("approval_timeout_hours", 72)
+    if approval_timeout <= 0:
+        raise ConfigError(
+            f"{label}: approval_timeout_hours must be > 0 (how long a DBA has to approve the drops), "
+            f"got {approval_timeout!r}"
+        )
     pool = merged.get("ingest_pool")
     if pool is not None and not pool.strip():
         raise ConfigError(f"{label}: ingest_pool must be an Airflow pool name or null, got {pool!r}")
@@ -304,6 +324,7 @@ def parse_cluster(entry: object, defaults: Mapping[str, Any], label: str) -> Clu
         global_secondaries=_secondaries(label, merged.get("global_secondaries")),
         ingest_pool=pool,
         evidence=evidence,
+        approval_timeout_hours=approval_timeout,
     )
 
 

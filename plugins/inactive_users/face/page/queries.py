@@ -14,10 +14,8 @@ from typing import Any
 
 from psycopg import sql
 
-from inactive_users import state
-from inactive_users.config import ClusterConfig
-from inactive_users.instances import Connect
-from inactive_users.policy import (
+from inactive_users.core.config import ClusterConfig
+from inactive_users.core.policy import (
     LOCKED,
     READY_TO_DELETE,
     Exclusions,
@@ -26,6 +24,8 @@ from inactive_users.policy import (
     due,
     exclusion_reason,
 )
+from inactive_users.postgres import state
+from inactive_users.postgres.instances import Connect
 
 #: Statuses of the rows the page adds for login roles the policy never manages.
 EXCLUDED = "Excluded"

@@ -15,8 +15,8 @@ from datetime import datetime, timedelta
 import psycopg
 from psycopg import sql
 
-from inactive_users.migrations import lock_key
-from inactive_users.policy import LOCKED, READY_TO_DELETE, RoleInfo, UserState
+from inactive_users.core.policy import LOCKED, READY_TO_DELETE, RoleInfo, UserState
+from inactive_users.postgres.migrations import lock_key
 
 
 class ConcurrentRunError(RuntimeError):

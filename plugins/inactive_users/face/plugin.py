@@ -7,12 +7,12 @@ from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
 
-from inactive_users.page.urls import URL_PREFIX, external_views
+from inactive_users.face.page.urls import URL_PREFIX, external_views
 
 
 @cache
 def _fastapi_apps() -> list[dict[str, Any]]:
-    from inactive_users.page.app import create_app
+    from inactive_users.face.page.app import create_app
 
     return [{"app": create_app(), "url_prefix": URL_PREFIX, "name": "inactive_users status page"}]
 

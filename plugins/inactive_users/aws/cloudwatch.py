@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from inactive_users.logparse import FILTER_FATAL, FILTER_LOGINS, LoginAggregator, LoginSummary
+from inactive_users.core.logparse import FILTER_FATAL, FILTER_LOGINS, LoginAggregator, LoginSummary
 
 log = logging.getLogger(__name__)
 

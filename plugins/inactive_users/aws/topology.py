@@ -11,9 +11,9 @@ import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from inactive_users.cloudwatch import log_group_name
-from inactive_users.config import ClusterConfig, Endpoint, SecondaryCluster
-from inactive_users.instances import AS_CONFIGURED
+from inactive_users.aws.cloudwatch import log_group_name
+from inactive_users.core.config import ClusterConfig, Endpoint, SecondaryCluster
+from inactive_users.postgres.instances import AS_CONFIGURED
 
 log = logging.getLogger("inactive_users")
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
-from inactive_users.policy import ACTIVE, LOCKED, READY_TO_DELETE, Thresholds
+from inactive_users.core.policy import ACTIVE, LOCKED, READY_TO_DELETE, Thresholds
 
 FORMAT = "inactive_users evidence v1"
 COLUMNS = (

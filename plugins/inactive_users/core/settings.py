@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from typing import Any
 
-from inactive_users.policy import Exclusions, Thresholds
+from inactive_users.core.policy import Exclusions, Thresholds
 
 LOCK_METHODS = ("nologin", "connection_limit")
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_$]{0,62}")
@@ -44,6 +44,9 @@ class EngineSettings:
     # once, if notify_role_contacts.
     warn_before_days: int | None = 14
     notify_role_contacts: bool = False
+    # A DBA approves each run's drops in Airflow (task approve_drops) before DROP ROLE runs; a role
+    # due to be dropped is locked first, so it stays locked when the drops are rejected.
+    approve_drops: bool = False
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -67,10 +70,9 @@ class EngineSettings:
             raise SettingsError(
                 f"warn_before_days must be a whole number of days >= 1 or null, got {self.warn_before_days!r}"
             )
-        if not isinstance(self.notify_role_contacts, bool):
-            raise SettingsError(
-                f"notify_role_contacts must be true or false, got {self.notify_role_contacts!r}"
-            )
+        for key in ("notify_role_contacts", "approve_drops"):
+            if not isinstance(getattr(self, key), bool):
+                raise SettingsError(f"{key} must be true or false, got {getattr(self, key)!r}")
         if self.lock_method not in LOCK_METHODS:
             raise SettingsError(
                 f"lock_method must be one of {', '.join(LOCK_METHODS)}, got {self.lock_method!r}"
@@ -119,6 +121,7 @@ class EngineSettings:
             max_action_ratio=self.max_action_ratio,
             override_guard=self.override_guard,
             warn_before_days=self.warn_before_days,
+            lock_before_drop=self.approve_drops,
         )
 
     @property

@@ -1,4 +1,4 @@
-"""Tell the DBA: compose the alert (pure) and send it through SNS, Slack and e-mail.
+"""Tell the DBA: compose the alert (pure); ``face.notify`` sends it through SNS, Slack and e-mail.
 
 Messages carry role names, actions, last-login times and blockers; never connection details.
 """
@@ -12,8 +12,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-
-from inactive_users.config import AlertConfig
 
 log = logging.getLogger("inactive_users")
 
@@ -64,9 +62,12 @@ def compose(
     upcoming: Sequence[Mapping[str, Any]] = (),
     upcoming_total: int | None = None,
     warn_before_days: int | None = None,
+    decision: tuple[str, str] | None = None,
 ) -> Alert | None:
-    """The alert for one run, or None when nobody was locked, dropped, flagged or failed and none
-    is upcoming.
+    """The alert for one run, or None when nobody was locked, dropped, flagged or failed, no
+    approval was decided and none is upcoming.
+
+    ``decision``: what a DBA decided on the run's drops, as a label for the subject and a line.
 
     ``outcomes`` may be a sample: ``totals`` then gives the complete count of each action, which
     the subject and each group's heading state, and each group says how many it does not list.
@@ -81,21 +82,24 @@ def compose(
         if action in ALERTING and n:
             counts[action] = max(n, counts.get(action, 0))
     n_upcoming = max(upcoming_total or 0, len(upcoming))
-    if not counts and not n_upcoming:
+    if not counts and not n_upcoming and decision is None:
         return None
     summary = ", ".join(
-        f"{n} {a.replace('_', ' ')}" for a, n in sorted(counts.items(), key=lambda kv: _ORDER.index(kv[0]))
+        [f"{n} {a.replace('_', ' ')}" for a, n in sorted(counts.items(), key=lambda kv: _ORDER.index(kv[0]))]
+        + ([decision[0]] if decision else [])
     )
     if n_upcoming:
         summary = f"{summary}, {n_upcoming} upcoming" if summary else f"{n_upcoming} upcoming, no action"
     label = "DRY RUN " if dry_run else ""
-    subject = _subject(f"[inactive_users] {label}{cluster_id}: {summary}")
+    subject = subject_line(f"[inactive_users] {label}{cluster_id}: {summary}")
     lines = [f"Cluster: {cluster_id}", f"Run: {run_id}"]
     if dry_run:
         lines.append(
             "DRY RUN: nothing was changed. This is the plan a real run would carry out"
             + (f" at {as_of}." if as_of else ".")
         )
+    if decision:
+        lines += ["", decision[1]]
     for action in _ORDER:
         if action not in counts:
             continue
@@ -171,12 +175,7 @@ def compose_contact_notice(cluster_id: str, notice: Mapping[str, str]) -> Alert:
         "You get this notice because the role's comment names this address as its contact."
     )
     done = "locked" if notice["action"] == "lock" else "dropped"
-    return Alert(_subject(f"[inactive_users] {cluster_id}: login {notice['name']} will be {done}"), body)
-
-
-def send_contact_notice(alert: Alert, to: str) -> None:
-    """By e-mail through Airflow's SMTP connection (the same as the alert's e-mail notifier)."""
-    _send_email(alert, [to])
+    return Alert(subject_line(f"[inactive_users] {cluster_id}: login {notice['name']} will be {done}"), body)
 
 
 def compose_failure(cluster_id: str, run_id: str, task_id: str, error: BaseException | str | None) -> Alert:
@@ -185,7 +184,7 @@ def compose_failure(cluster_id: str, run_id: str, task_id: str, error: BaseExcep
         f"Cluster: {cluster_id}\nRun: {run_id}\nTask: {task_id}\n\n"
         f"The task failed: {text[:2000]}\n\nSee the task log in Airflow for details."
     )
-    return Alert(_subject(f"[inactive_users] FAILED {cluster_id}: task {task_id}"), body)
+    return Alert(subject_line(f"[inactive_users] FAILED {cluster_id}: task {task_id}"), body)
 
 
 def scrub(text: str) -> str:
@@ -269,93 +268,7 @@ def _slack_len(text: str) -> int:
     return len(text.encode("utf-16-le")) // 2
 
 
-def _subject(text: str) -> str:
+def subject_line(text: str) -> str:
     # SNS subjects: at most 100 printable ASCII characters, no line breaks.
     ascii_only = "".join(c if 32 <= ord(c) < 127 else "?" for c in text)
     return ascii_only if len(ascii_only) <= 100 else ascii_only[:97] + "..."
-
-
-def send(alert: Alert, cfg: AlertConfig, *, aws_conn_id: str | None, region_name: str | None) -> list[str]:
-    """Send through every configured notifier; returns where it went. One notifier failing is logged
-    and the others still run; if all configured notifiers fail, :class:`AlertNotSent` is raised."""
-    notifiers: list[tuple[str, Callable[[], None]]] = []
-    if cfg.sns_topic_arn:
-        arn = cfg.sns_topic_arn
-        notifiers.append((f"sns:{arn}", lambda: _send_sns(alert, arn, aws_conn_id, region_name)))
-    if cfg.slack_conn_id:
-        conn_id = cfg.slack_conn_id
-        notifiers.append((f"slack:{conn_id}", lambda: _send_slack(alert, conn_id)))
-    if cfg.email:
-        notifiers.append(("email:" + ",".join(cfg.email), lambda: _send_email(alert, cfg.email)))
-    if not notifiers:
-        log.warning("no notifier configured (alert.sns_topic_arn / slack_conn_id / email); alert only logged")
-    sent: list[str] = []
-    errors: list[tuple[str, Exception]] = []
-    for target, deliver in notifiers:
-        try:
-            deliver()
-        except Exception as exc:
-            log.error("alert to %s failed: %s", target, scrub(str(exc)))
-            errors.append((target, exc))
-        else:
-            sent.append(target)
-    if errors and not sent:
-        raise AlertNotSent(errors)
-    return sent
-
-
-class AlertNotSent(RuntimeError):
-    """Every configured notifier failed. The message names each one and its error, scrubbed; the
-    original exceptions are not chained because their text may hold a webhook token or password."""
-
-    def __init__(self, errors: Sequence[tuple[str, Exception]]) -> None:
-        super().__init__(
-            "no notifier delivered the alert: "
-            + "; ".join(f"{target}: {type(exc).__name__}: {scrub(str(exc))}" for target, exc in errors)
-        )
-
-
-def _send_sns(alert: Alert, topic_arn: str, aws_conn_id: str | None, region_name: str | None) -> None:
-    from airflow.providers.amazon.aws.hooks.sns import SnsHook
-
-    SnsHook(aws_conn_id=aws_conn_id, region_name=region_name).publish_to_target(
-        target_arn=topic_arn, message=sns_message(alert), subject=alert.subject
-    )
-
-
-def _send_slack(alert: Alert, conn_id: str) -> None:
-    try:
-        from airflow.providers.slack.hooks.slack_webhook import SlackWebhookHook
-    except ImportError as exc:
-        raise RuntimeError(
-            f"alert.slack_conn_id is {conn_id!r} but apache-airflow-providers-slack is not installed: "
-            "install it where the tasks run, or set alert.slack_conn_id to null"
-        ) from exc
-    SlackWebhookHook(slack_webhook_conn_id=conn_id, logger=_slack_sdk_log()).send(text=slack_text(alert))
-
-
-class _Scrub(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg, record.args = scrub(record.getMessage()), None
-        return True
-
-
-def _slack_sdk_log() -> logging.Logger:
-    """The logger slack_sdk writes to: it logs the webhook URL (the token) when retrying, and with
-    the request body at DEBUG; so INFO at most, and every line scrubbed."""
-    logger = logging.getLogger("inactive_users.slack_sdk")
-    if not any(isinstance(f, _Scrub) for f in logger.filters):
-        logger.addFilter(_Scrub())
-    logger.setLevel(logging.INFO)
-    return logger
-
-
-def _send_email(alert: Alert, to: Sequence[str]) -> None:
-    from html import escape
-
-    from airflow.providers.smtp.hooks.smtp import SmtpHook
-
-    with SmtpHook() as hook:
-        hook.send_email_smtp(
-            to=list(to), subject=alert.subject, html_content=f"<pre>{escape(alert.body)}</pre>"
-        )

@@ -24,10 +24,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from inactive_users.blockers import ConnectDatabase
-from inactive_users.blockers import blockers as name_blockers
-from inactive_users.policy import ACTIVE, LOCKED, READY_TO_DELETE, Planned
-from inactive_users.state import record_history, t, take_action_lock
+from inactive_users.core.policy import ACTIVE, LOCKED, READY_TO_DELETE, Planned
+from inactive_users.postgres.blockers import ConnectDatabase
+from inactive_users.postgres.blockers import blockers as name_blockers
+from inactive_users.postgres.state import record_history, t, take_action_lock
 
 DEPENDENT_OBJECTS_STILL_EXIST = "2BP01"
 
@@ -272,8 +272,12 @@ def delete_roles(
     run_id: str,
     lease_run_id: str | None = None,
     connect_database: ConnectDatabase | None = None,
+    may_drop: bool = True,
 ) -> ActionReport:
     """Drop each planned role that nothing depends on; flag (and lock) the rest ReadyToDelete.
+
+    ``may_drop`` false (the drops were not approved): flag only; a role nothing depends on is left
+    as it is, and the next run asks again.
 
     What blocks a role is named per database (``blockers``; ``connect_database`` reaches the other
     databases of the cluster); a role already ReadyToDelete gets its reason brought up to date.
@@ -295,6 +299,8 @@ def delete_roles(
                 skipped[item.name] = why_not or ""
             elif item.oid in blockers:
                 to_flag.append((item, f, blockers[item.oid]))
+            elif not may_drop:
+                skipped[item.name] = "not dropped: no approval covers this drop (the next run asks again)"
             else:
                 to_drop.append((item, f))
 

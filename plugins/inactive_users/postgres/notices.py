@@ -18,8 +18,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from inactive_users.policy import Upcoming
-from inactive_users.state import t
+from inactive_users.core.policy import Upcoming
+from inactive_users.postgres.state import t
 
 #: ``contact: someone@example.com`` anywhere in a role's comment (the first one counts).
 _CONTACT = re.compile(r"\bcontact\s*:\s*([A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)", re.IGNORECASE)

@@ -15,11 +15,11 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from inactive_users.alerts import scrub
-from inactive_users.config import EvidenceConfig
-from inactive_users.evidence import RoleFacts
-from inactive_users.policy import READY_TO_DELETE, Exclusions, exclusion_reason
-from inactive_users.state import fetch_roles, job_user, t
+from inactive_users.core.alerts import scrub
+from inactive_users.core.config import EvidenceConfig
+from inactive_users.core.evidence import RoleFacts
+from inactive_users.core.policy import READY_TO_DELETE, Exclusions, exclusion_reason
+from inactive_users.postgres.state import fetch_roles, job_user, t
 
 # S3 error codes a retry cannot fix: the task fails at once, naming the bucket, key and cause.
 PERMANENT_S3_ERRORS = frozenset(

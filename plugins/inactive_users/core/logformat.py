@@ -36,7 +36,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from inactive_users.logparse import _SUFFIXES, _UTC_NAMES, _failed_user, _is_rejection
+from inactive_users.core.logparse import _SUFFIXES, _UTC_NAMES, _failed_user, _is_rejection
 
 AURORA_PREFIX = "%t:%r:%u@%d:[%p]:"
 AURORA_16_PREFIX = "%m:%r:%u@%d:[%p]:%l:%e:%s:%v:%x:%c:%q%a"

@@ -10,7 +10,7 @@ from functools import cache
 
 import jinja2
 
-from inactive_users.page.queries import ClusterStatus, RoleRow
+from inactive_users.face.page.queries import ClusterStatus, RoleRow
 
 #: Columns of the CSV, in order (the JSON has the same keys).
 CSV_COLUMNS = (
@@ -34,7 +34,7 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 @cache
 def _templates() -> jinja2.Environment:
     return jinja2.Environment(
-        loader=jinja2.PackageLoader("inactive_users.page", "templates"),
+        loader=jinja2.PackageLoader("inactive_users.face.page", "templates"),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
     )

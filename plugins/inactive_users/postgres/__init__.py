@@ -1,0 +1,1 @@
+"""The Postgres I/O shell: catalog reads, state tables, actions and sessions on every instance."""

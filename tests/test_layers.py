@@ -1,0 +1,67 @@
+"""The package's folders are its layers, and each imports only from the layers before it.
+
+The pure core has no I/O: it imports neither psycopg nor Airflow nor boto, so its decisions can be
+tested on plain data. The Postgres and AWS shells never reach into the Airflow face, and the engine
+(which wires the core to the shells) is imported only by the face.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "plugins" / "inactive_users"
+#: Each layer and what it may import from the package (besides itself and the package root).
+ALLOWED = {
+    "core": set(),
+    "postgres": {"core"},
+    "aws": {"core", "postgres"},
+    "engine": {"core", "postgres", "aws"},
+    "face": {"core", "postgres", "aws", "engine"},
+}
+#: Third-party packages that mean I/O; the core imports none of them.
+IO_PACKAGES = {"psycopg", "airflow", "boto3", "botocore", "fastapi", "jinja2", "requests"}
+
+
+def layer_of(path: Path) -> str:
+    rel = path.relative_to(PACKAGE)
+    return rel.parts[0] if len(rel.parts) > 1 else rel.stem
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module a file imports, at the top or inside a function (lazy imports count too)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "inactive_users":
+                found.update(f"inactive_users.{alias.name}" for alias in node.names)
+            else:
+                found.add(node.module)
+    return found
+
+
+MODULES = sorted(p for p in PACKAGE.rglob("*.py") if p.parent != PACKAGE or p.stem == "engine")
+
+
+def test_every_module_is_in_a_layer() -> None:
+    top_level = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert top_level == ["__init__.py", "engine.py"]
+    assert {layer_of(p) for p in MODULES} == set(ALLOWED)
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_module_imports_only_from_earlier_layers(path: Path) -> None:
+    layer = layer_of(path)
+    reached = {
+        m.split(".")[1]
+        for m in imported_modules(path)
+        if m.startswith("inactive_users.") and m.split(".")[1] in ALLOWED.keys() - {layer}
+    }
+    assert reached <= ALLOWED[layer], f"{layer} may not import from {sorted(reached - ALLOWED[layer])}"
+    if layer == "core":
+        io = {m.split(".")[0] for m in imported_modules(path)} & IO_PACKAGES
+        assert not io, f"the pure core imports {sorted(io)}"

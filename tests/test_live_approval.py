@@ -1,0 +1,225 @@
+"""Approval before DROP ROLE on a live Airflow: reject, time out, approve, through the REST API.
+
+A DBA answers on Airflow's Required Actions page, which PATCHes the task's hitlDetails; the test
+does the same, as the user the REST API's token belongs to. A timeout is the scheduler's: it takes
+the default option (Reject) once ``approval_timeout_hours`` have passed. Three runs of one cluster:
+
+1. reject: the roles due to be dropped are locked (not dropped), and the alert and report say who
+   rejected; the alert that asked links to the approval page;
+2. timeout: asked again (the roles are still due), nobody answers, nothing is dropped;
+3. approve: the role nothing depends on is dropped, the owner of a table is flagged ReadyToDelete;
+4. marked successful by hand in the UI, unanswered: delete_users refuses, nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from devstack.airflowenv import airflow_env
+from devstack.awsfixtures import drain_alerts
+from devstack.liveairflow import LiveAirflow
+from devstack.motoserver import MotoServer
+from devstack.pgcluster import PgBinaries, cluster_from_template
+from tests.conftest import PASSWORD
+from tests.livestage import stage_demo
+from tests.scenario import Scenario
+
+pytestmark = pytest.mark.single_pg_version("the subject is the Airflow deployment, not PostgreSQL")
+
+DAG_ID = "inactive_users__test_aurora"
+TASK = "approve_drops"
+#: 36 s: long enough to answer in (the test answers within a few seconds of the request), short
+#: enough to wait out in the timeout run
+TIMEOUT_HOURS = 0.01
+DROP, FLAG = "carl_200", "bob_200_owner"  # due to be dropped: owns nothing / owns a table
+
+
+@dataclass
+class Stage:
+    sc: Scenario
+    af: LiveAirflow
+    sqs: Any
+    queue_url: str
+
+
+@pytest.fixture(scope="module")
+def stage(
+    pg_binaries: PgBinaries,
+    pg_template: Path,
+    moto_server: MotoServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Stage]:
+    work = tmp_path_factory.mktemp("live-approval")
+    pg = cluster_from_template(pg_template, pg_binaries, PASSWORD)
+    moto_server.reset()
+    with pytest.MonkeyPatch.context() as mp:
+        sc = Scenario(pg, moto_server, mp)
+        try:
+            config = work / "inactive_users.yaml"
+            sqs, queue_url = stage_demo(sc, config, approve_drops=True, approval_timeout_hours=TIMEOUT_HOURS)
+            env = airflow_env(work, config, "iu", pg, moto_server)
+            env["AIRFLOW__SCHEDULER__TRIGGER_TIMEOUT_CHECK_INTERVAL"] = "2"  # the timeout sweep
+            components = ("api-server", "scheduler", "dag-processor")  # HITL waits need no triggerer
+            with LiveAirflow(work, env, executor="LocalExecutor", components=components) as af:
+                af.wait_for_dag(DAG_ID)
+                yield Stage(sc, af, sqs, queue_url)
+        finally:
+            sc.close()
+            pg.stop("immediate")
+
+
+def hitl_path(run_id: str) -> str:
+    return f"dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{TASK}/-1/hitlDetails"
+
+
+def wait_for_question(af: LiveAirflow, run_id: str) -> dict[str, Any]:
+    """The approval request, once the task waits for it to be answered (as the UI lists it)."""
+
+    def asked() -> dict[str, Any] | None:
+        if af.task_states(DAG_ID, run_id).get(TASK) != "awaiting_input":
+            return None
+        got = af.api("GET", hitl_path(run_id))
+        assert got.status_code == 200, got.text
+        return dict(got.json())
+
+    return dict(af.poll(f"{TASK} awaiting input", asked, timeout=240))
+
+
+def answer(af: LiveAirflow, run_id: str, option: str) -> dict[str, Any]:
+    response = af.api("PATCH", hitl_path(run_id), json={"chosen_options": [option]})
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def can_login(sc: Scenario) -> dict[str, bool]:
+    with psycopg.connect(sc.pg.dsn(), autocommit=True) as conn:
+        return dict(conn.execute("SELECT rolname::text, rolcanlogin FROM pg_authid").fetchall())
+
+
+def alerts_of_the_run(stage: Stage) -> tuple[dict[str, str], dict[str, str]]:
+    """The alert that asked, and the run's own alert (SQS does not keep their order)."""
+    got = drain_alerts(stage.sqs, stage.queue_url)
+    asked = [m for m in got if "approve dropping" in m["subject"]]
+    others = [m for m in got if m not in asked]
+    assert len(asked) == 1 and len(others) == 1, got
+    return asked[0], others[0]
+
+
+def finish(stage: Stage, run_id: str) -> dict[str, str]:
+    state = stage.af.wait_for_run(DAG_ID, run_id, timeout=240)
+    states = stage.af.task_states(DAG_ID, run_id)
+    failed = [t for t, s in states.items() if s == "failed"]
+    logs = "\n".join(f"--- {t}:\n{stage.af.task_log(DAG_ID, run_id, t)[-3000:]}" for t in failed)
+    assert state == "success", f"{states}\n{logs}"
+    return states
+
+
+def test_reject_then_timeout_then_approve(stage: Stage) -> None:
+    af, sc = stage.af, stage.sc
+    drain_alerts(stage.sqs, stage.queue_url)
+
+    # 1. reject ----------------------------------------------------------------------------------
+    started = time.monotonic()
+    run_id = af.trigger(DAG_ID, conf={})
+    question = wait_for_question(af, run_id)
+    assert question["subject"] == "[inactive_users] test-aurora: approve dropping 2 inactive roles"
+    assert question["options"] == ["Approve", "Reject"] and question["defaults"] == ["Reject"]
+    drops, flags = question["body"].split("Would only be flagged ReadyToDelete")
+    assert "Would be dropped (DROP ROLE): 1" in drops and f"  - {DROP}: last login " in drops
+    assert f"  - {FLAG}: last login " in flags and "owns table sales.q3_report" in flags
+    # locks are not asked about: the roles due to be dropped are locked before the question
+    logins = can_login(sc)
+    assert logins[DROP] is False and logins[FLAG] is False and logins["ana_100"] is False
+
+    response = answer(af, run_id, "Reject")
+    rejected_by = response["responded_by"]["name"]
+    states = finish(stage, run_id)
+    assert (states[TASK], states["delete_users"], states["alert"]) == ("success", "skipped", "success")
+    print(f"\nlive approval: reject run {time.monotonic() - started:.1f} s")
+    assert can_login(sc)[DROP] is False and sc.statuses()[DROP]["status"] == "Locked"
+    assert sc.statuses()[FLAG]["status"] == "Locked"  # not flagged either: nothing of the drop ran
+    done = {a for a, _, r in sc.history() if r == run_id}
+    assert "lock" in done and not done & {"drop", "ready_to_delete", "drop_failed", "flag_failed"}, done
+
+    request, run_alert = alerts_of_the_run(stage)
+    assert request["subject"] == question["subject"]
+    link = f"{af.base_url}/dags/{DAG_ID}/runs/{run_id}/tasks/{TASK}/required_actions"
+    assert f"Answer in Airflow: {link}" in request["message"], request["message"]
+    assert run_alert["subject"].startswith("[inactive_users] test-aurora: 4 locked, drops rejected"), (
+        af.task_log(DAG_ID, run_id, TASK) + "\n-----\n" + af.task_log(DAG_ID, run_id, "alert")
+    )
+    assert f"Drops REJECTED by {rejected_by} at " in run_alert["message"]
+    report = af.task_log(DAG_ID, run_id, "report")
+    assert f"Drops REJECTED by {rejected_by} at " in report and "stay locked" in report, report
+    approve_log = af.task_log(DAG_ID, run_id, TASK)
+    assert "asking for approval, waiting up to 0.01 hours" in approve_log, approve_log
+    assert f"Drops REJECTED by {rejected_by} at " in approve_log, approve_log
+
+    # 2. timeout ---------------------------------------------------------------------------------
+    started = time.monotonic()
+    run_id = af.trigger(DAG_ID, conf={})
+    question = wait_for_question(af, run_id)  # asked again: the roles are still due
+    assert DROP in question["body"]
+    states = finish(stage, run_id)
+    assert (states[TASK], states["delete_users"]) == ("success", "skipped")
+    print(f"live approval: timeout run {time.monotonic() - started:.1f} s")
+    detail = af.api("GET", hitl_path(run_id)).json()
+    assert detail["chosen_options"] == ["Reject"] and detail["responded_by_user"] is None
+    assert can_login(sc)[DROP] is False and DROP in sc.statuses()
+    request, run_alert = alerts_of_the_run(stage)
+    assert run_alert["subject"].startswith("[inactive_users] test-aurora: drops timed out"), run_alert
+    assert (
+        f"Drops TIMED OUT: nobody answered approve_drops within {TIMEOUT_HOURS:g} hours"
+        in run_alert["message"]
+    )
+    assert "Drops TIMED OUT" in af.task_log(DAG_ID, run_id, "report")
+
+    # 3. approve ---------------------------------------------------------------------------------
+    started = time.monotonic()
+    run_id = af.trigger(DAG_ID, conf={})
+    wait_for_question(af, run_id)
+    approved_by = answer(af, run_id, "Approve")["responded_by"]["name"]
+    states = finish(stage, run_id)
+    assert (states[TASK], states["delete_users"]) == ("success", "success")
+    print(f"live approval: approve run {time.monotonic() - started:.1f} s")
+    assert DROP not in can_login(sc) and DROP not in sc.statuses()
+    assert sc.statuses()[FLAG]["status"] == "ReadyToDelete"
+    actions = {(a, u) for a, u, r in sc.history() if r == run_id}
+    assert {("drop", DROP), ("ready_to_delete", FLAG)} <= actions
+    delete = af.task_log(DAG_ID, run_id, "delete_users")
+    assert f"Drops APPROVED by {approved_by} at " in delete, delete
+    request, run_alert = alerts_of_the_run(stage)
+    assert run_alert["subject"].startswith(
+        "[inactive_users] test-aurora: 1 dropped, 1 ready to delete, drops approved"
+    ), run_alert
+    assert PASSWORD not in json.dumps([request, run_alert, question]) + delete
+
+    # 4. marked successful by hand, with no answer ----------------------------------------------
+    late = "dave_200"
+    sc.create_role(late)
+    sc.sql(
+        "INSERT INTO inactive_users.user_login_status (user_name, role_oid, last_login_time, status) "
+        "SELECT rolname, oid, now() - interval '200 days', 'Active' FROM pg_roles WHERE rolname = %s",
+        late,
+    )
+    run_id = af.trigger(DAG_ID, conf={})
+    assert late in wait_for_question(af, run_id)["body"]
+    marked = af.api(
+        "PATCH", f"dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{TASK}", json={"new_state": "success"}
+    )
+    assert marked.status_code == 200, marked.text
+    assert af.wait_for_run(DAG_ID, run_id, timeout=240) == "failed"
+    states = af.task_states(DAG_ID, run_id)
+    assert (states[TASK], states["delete_users"]) == ("success", "failed"), states
+    delete = af.task_log(DAG_ID, run_id, "delete_users")
+    assert "ApprovalError: approve_drops recorded no answer (was it marked successful by hand?)" in delete
+    assert late in can_login(sc) and can_login(sc)[late] is False  # locked, not dropped
+    assert not {a for a, _, r in sc.history() if r == run_id} & {"drop", "ready_to_delete"}
