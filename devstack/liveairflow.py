@@ -189,6 +189,8 @@ class LiveAirflow:
     @staticmethod
     def _drop_database(name: str) -> None:
         with psycopg.connect(MACHINE_PG, autocommit=True, connect_timeout=5) as conn:
+            # bounded: a stop must end even when the machine's server is slow to give the lock
+            conn.execute("SET lock_timeout = '30s'")
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
     def _build_env(self, metadata_url: str) -> dict[str, str]:

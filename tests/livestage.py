@@ -2,15 +2,37 @@
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from devstack.awsfixtures import alert_topic_with_queue, create_aurora
-from devstack.motoserver import boto_client
+from devstack.motoserver import MotoServer, boto_client
+from devstack.pgcluster import PgBinaries, cluster_from_template
 from devstack.stories import MASTER, ROLE_PASSWORD, create_roles, seed_history
+from tests.conftest import PASSWORD
 from tests.scenario import Scenario
+
+
+@contextmanager
+def fresh_scenario(pg_template: Path, pg_binaries: PgBinaries, moto: MotoServer) -> Iterator[Scenario]:
+    """A scenario on a new cluster copied from the template and an emptied moto, for a module's
+    live Airflow; stopped afterwards whatever happens."""
+    pg = cluster_from_template(pg_template, pg_binaries, PASSWORD)
+    moto.reset()
+    with pytest.MonkeyPatch.context() as mp:
+        sc = Scenario(pg, moto, mp)
+        try:
+            yield sc
+        finally:
+            sc.close()
+            pg.stop("immediate")
+            shutil.rmtree(pg.root, ignore_errors=True)
 
 
 def stage_demo(sc: Scenario, config: Path, **defaults: Any) -> tuple[Any, str]:

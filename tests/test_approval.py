@@ -249,3 +249,14 @@ def test_a_rejection_alone_is_alerted_and_named_in_the_subject() -> None:
         with_locks is not None and with_locks.subject == "[inactive_users] orders: 1 locked, drops rejected"
     )
     assert compose("orders", "run-1", [], dry_run=False) is None
+
+
+@pytest.mark.parametrize("name", ["plain", "[click](http://x.example)", "a`b", "tick```s", "*bold*"])
+def test_the_approval_page_shows_role_names_verbatim(name: str) -> None:
+    """The page renders Markdown: the body is one code block that no role name can close."""
+    body = approval.request("orders", "run", [preview(name, "would_drop")], 1, 72, None).body
+    shown = approval.verbatim(body)
+    fence = shown.split("text\n", 1)[0]
+    assert set(fence) == {"`"} and len(fence) >= 3
+    assert shown.endswith("\n" + fence) and fence not in shown[len(fence) : -len(fence)]
+    assert f"  - {name}: last login" in shown

@@ -23,10 +23,10 @@ from devstack.airflowenv import airflow_env
 from devstack.awsfixtures import drain_alerts
 from devstack.liveairflow import LiveAirflow, redis_unreachable_reason
 from devstack.motoserver import MotoServer
-from devstack.pgcluster import PgBinaries, cluster_from_template
+from devstack.pgcluster import PgBinaries
 from devstack.stories import ROLE_PASSWORD
 from tests.conftest import PASSWORD
-from tests.livestage import stage_demo
+from tests.livestage import fresh_scenario, stage_demo
 from tests.scenario import Scenario
 
 pytestmark = pytest.mark.single_pg_version("the subject is the Airflow deployment, not PostgreSQL")
@@ -60,27 +60,20 @@ def live(
         pytest.skip(reason)
     started = time.monotonic()
     work = tmp_path_factory.mktemp(f"live-{executor}")
-    pg = cluster_from_template(pg_template, pg_binaries, PASSWORD)
-    moto_server.reset()
-    with pytest.MonkeyPatch.context() as mp:
-        sc = Scenario(pg, moto_server, mp)
-        try:
-            sqs, queue_url = stage_demo(sc, work / "inactive_users.yaml")
-            env = airflow_env(work, work / "inactive_users.yaml", "iu", pg, moto_server)
-            components = ("api-server", "scheduler", "dag-processor")  # the DAG defers nothing
-            with LiveAirflow(work, env, executor=executor, components=components) as af:
-                TIMINGS[executor] = {"start": time.monotonic() - started}
-                yield LiveStage(sc, af, sqs, queue_url, executor)
-                stopping = time.monotonic()
-            TIMINGS[executor]["stop"] = time.monotonic() - stopping
-            TIMINGS[executor]["total"] = time.monotonic() - started
-            print(
-                f"\nlive Airflow {executor}: "
-                + json.dumps({k: round(v, 1) for k, v in TIMINGS[executor].items()})
-            )
-        finally:
-            sc.close()
-            pg.stop("immediate")
+    with fresh_scenario(pg_template, pg_binaries, moto_server) as sc:
+        sqs, queue_url = stage_demo(sc, work / "inactive_users.yaml")
+        env = airflow_env(work, work / "inactive_users.yaml", "iu", sc.pg, moto_server)
+        components = ("api-server", "scheduler", "dag-processor")  # the DAG defers nothing
+        with LiveAirflow(work, env, executor=executor, components=components) as af:
+            TIMINGS[executor] = {"start": time.monotonic() - started}
+            yield LiveStage(sc, af, sqs, queue_url, executor)
+            stopping = time.monotonic()
+        TIMINGS[executor]["stop"] = time.monotonic() - stopping
+        TIMINGS[executor]["total"] = time.monotonic() - started
+        print(
+            f"\nlive Airflow {executor}: "
+            + json.dumps({k: round(v, 1) for k, v in TIMINGS[executor].items()})
+        )
 
 
 def test_a_triggered_run_locks_drops_and_logs_through_the_rest_api(live: LiveStage) -> None:

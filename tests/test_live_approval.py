@@ -27,9 +27,9 @@ from devstack.airflowenv import airflow_env
 from devstack.awsfixtures import drain_alerts
 from devstack.liveairflow import LiveAirflow
 from devstack.motoserver import MotoServer
-from devstack.pgcluster import PgBinaries, cluster_from_template
+from devstack.pgcluster import PgBinaries
 from tests.conftest import PASSWORD
-from tests.livestage import stage_demo
+from tests.livestage import fresh_scenario, stage_demo
 from tests.scenario import Scenario
 
 pytestmark = pytest.mark.single_pg_version("the subject is the Airflow deployment, not PostgreSQL")
@@ -58,22 +58,15 @@ def stage(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stage]:
     work = tmp_path_factory.mktemp("live-approval")
-    pg = cluster_from_template(pg_template, pg_binaries, PASSWORD)
-    moto_server.reset()
-    with pytest.MonkeyPatch.context() as mp:
-        sc = Scenario(pg, moto_server, mp)
-        try:
-            config = work / "inactive_users.yaml"
-            sqs, queue_url = stage_demo(sc, config, approve_drops=True, approval_timeout_hours=TIMEOUT_HOURS)
-            env = airflow_env(work, config, "iu", pg, moto_server)
-            env["AIRFLOW__SCHEDULER__TRIGGER_TIMEOUT_CHECK_INTERVAL"] = "2"  # the timeout sweep
-            components = ("api-server", "scheduler", "dag-processor")  # HITL waits need no triggerer
-            with LiveAirflow(work, env, executor="LocalExecutor", components=components) as af:
-                af.wait_for_dag(DAG_ID)
-                yield Stage(sc, af, sqs, queue_url)
-        finally:
-            sc.close()
-            pg.stop("immediate")
+    with fresh_scenario(pg_template, pg_binaries, moto_server) as sc:
+        config = work / "inactive_users.yaml"
+        sqs, queue_url = stage_demo(sc, config, approve_drops=True, approval_timeout_hours=TIMEOUT_HOURS)
+        env = airflow_env(work, config, "iu", sc.pg, moto_server)
+        env["AIRFLOW__SCHEDULER__TRIGGER_TIMEOUT_CHECK_INTERVAL"] = "2"  # the timeout sweep
+        components = ("api-server", "scheduler", "dag-processor")  # HITL waits need no triggerer
+        with LiveAirflow(work, env, executor="LocalExecutor", components=components) as af:
+            af.wait_for_dag(DAG_ID)
+            yield Stage(sc, af, sqs, queue_url)
 
 
 def hitl_path(run_id: str) -> str:
@@ -81,7 +74,13 @@ def hitl_path(run_id: str) -> str:
 
 
 def wait_for_question(af: LiveAirflow, run_id: str) -> dict[str, Any]:
-    """The approval request, once the task waits for it to be answered (as the UI lists it)."""
+    """The approval request, once the task waits for it to be answered (as the UI lists it).
+
+    Then, as a person reading it would, it waits until the scheduler has taken in the executor's
+    report that the task process parked and exited: in Airflow 3.3.2 an answer that lands before
+    that report is read makes the scheduler fail the task ("state changed externally"). Nothing is
+    dropped then, but the run fails; README says so.
+    """
 
     def asked() -> dict[str, Any] | None:
         if af.task_states(DAG_ID, run_id).get(TASK) != "awaiting_input":
@@ -90,7 +89,19 @@ def wait_for_question(af: LiveAirflow, run_id: str) -> dict[str, Any]:
         assert got.status_code == 200, got.text
         return dict(got.json())
 
-    return dict(af.poll(f"{TASK} awaiting input", asked, timeout=240))
+    question = dict(af.poll(f"{TASK} awaiting input", asked, timeout=240))
+    ti_id = question["task_instance"]["id"]
+    parked = f"ti_id={ti_id}"
+
+    def reported() -> bool:
+        log = af.log_path("scheduler").read_text(errors="replace")
+        return any(
+            "TaskInstance Finished:" in line and parked in line and "state=awaiting_input" in line
+            for line in log.splitlines()
+        )
+
+    af.poll("the scheduler to read that the task parked", reported, timeout=60)
+    return question
 
 
 def answer(af: LiveAirflow, run_id: str, option: str) -> dict[str, Any]:
@@ -132,6 +143,7 @@ def test_reject_then_timeout_then_approve(stage: Stage) -> None:
     question = wait_for_question(af, run_id)
     assert question["subject"] == "[inactive_users] test-aurora: approve dropping 2 inactive roles"
     assert question["options"] == ["Approve", "Reject"] and question["defaults"] == ["Reject"]
+    assert question["body"].startswith("```text\nCluster: test-aurora\n")  # shown as written
     drops, flags = question["body"].split("Would only be flagged ReadyToDelete")
     assert "Would be dropped (DROP ROLE): 1" in drops and f"  - {DROP}: last login " in drops
     assert f"  - {FLAG}: last login " in flags and "owns table sales.q3_report" in flags

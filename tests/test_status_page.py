@@ -27,8 +27,8 @@ import pytest
 
 from devstack.airflowenv import ROOT, airflow_env
 from devstack.motoserver import MotoServer
-from devstack.pgcluster import PgBinaries, PgCluster, cluster_from_template, free_port
-from tests.conftest import PASSWORD
+from devstack.pgcluster import PgBinaries, free_port
+from tests.livestage import fresh_scenario
 from tests.scenario import Scenario
 
 pytestmark = pytest.mark.single_pg_version("the page's subject is HTTP and the auth manager, not PostgreSQL")
@@ -104,11 +104,9 @@ def stage(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stage]:
     work = tmp_path_factory.mktemp("status-page")
-    pg: PgCluster = cluster_from_template(pg_template, pg_binaries, PASSWORD)
     api: subprocess.Popen[bytes] | None = None
-    with pytest.MonkeyPatch.context() as mp:
-        moto_server.reset()
-        sc = Scenario(pg, moto_server, mp)
+    with fresh_scenario(pg_template, pg_binaries, moto_server) as sc:
+        pg = sc.pg
         try:
             _seed(sc)
             down_port = free_port()  # nothing listens there: the cluster that cannot be reached
@@ -182,9 +180,6 @@ def stage(
         finally:
             if api is not None:
                 _stop(api)
-            sc.close()
-            pg.stop("immediate")
-            shutil.rmtree(pg.root, ignore_errors=True)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

@@ -35,6 +35,13 @@ def _descendants(root: int) -> set[int]:
     return found
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:200]
+    except OSError:
+        return "?"
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -76,7 +83,11 @@ def test_ui_serves_airflow_and_stops_everything_on_ctrl_c(tmp_path: Path) -> Non
         started = _descendants(proc.pid)
         assert len(started) >= 4  # moto and the four Airflow components at least
         proc.send_signal(signal.SIGINT)
-        rest, _ = proc.communicate(timeout=120)
+        try:
+            rest, _ = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            left = {pid: _cmdline(pid) for pid in _descendants(proc.pid) | {proc.pid} if _alive(pid)}
+            raise AssertionError(f"still running 120 s after Ctrl-C: {left}\n{''.join(lines)}") from None
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -10,6 +10,7 @@ that was approved.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -78,7 +79,7 @@ def decision(
         return None
     user = answer.get("responded_by_user") or {}
     by = user.get("name") or user.get("id")
-    at = _stamp(answer.get("responded_at"))
+    at = stamp(answer.get("responded_at"))
     if answer.get("timed_out"):
         return Decision(TIMED_OUT, None, at, fp, timeout_hours)
     if answer["chosen_options"] == ["Approve"] and by:
@@ -86,7 +87,7 @@ def decision(
     return Decision(REJECTED, by or "an unknown user", at, fp)
 
 
-def _stamp(value: Any) -> str | None:
+def stamp(value: Any) -> str | None:
     """``responded_at`` as text: a datetime in the task, already a string when read from XCom."""
     if isinstance(value, datetime):
         return value.isoformat(timespec="seconds")
@@ -133,6 +134,17 @@ def request(
     return Alert(
         scrub(subject[:100]), scrub("\n".join(lines)), "the approve_drops task's log lists every role"
     )
+
+
+def verbatim(text: str) -> str:
+    """``text`` as one Markdown code block, so the UI shows role names as they are.
+
+    The approval page renders its body as Markdown; a role name may hold ``*``, ``[..](..)`` or
+    backticks. The fence is longer than any run of backticks in the text, so nothing closes it.
+    """
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}text\n{text}\n{fence}"
 
 
 def _line(o: Mapping[str, Any]) -> str:

@@ -10,7 +10,7 @@ operator skips ``delete_users`` and the run goes on to the alert and the report.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
@@ -64,7 +64,7 @@ class DropApproval(ApprovalOperator):
         cluster, hours = self.cluster, self.cluster.approval_timeout_hours
         run_id = str(context["run_id"])
         question = approval.request(cluster.cluster_id, run_id, ask.preview, ask.total, hours, None)
-        self.subject, self.body = question.subject, question.body
+        self.subject, self.body = question.subject, approval.verbatim(question.body)
         self.notifiers = [
             DropRequestNotifier(
                 cluster,
@@ -85,7 +85,7 @@ class DropApproval(ApprovalOperator):
             answer = {
                 "chosen_options": list(chosen),
                 "responded_by_user": event.get("responded_by_user"),
-                "responded_at": _iso(event.get("responded_at")),
+                "responded_at": approval.stamp(event.get("responded_at")),
                 "timed_out": bool(event.get("timedout")),
             }
             context["ti"].xcom_push(key="answer", value=answer)
@@ -94,14 +94,6 @@ class DropApproval(ApprovalOperator):
             if decided is not None:
                 log.info("%s", approval.summary_line(decided, int((asked or {}).get("total") or 0)))
         return super().execute_complete(context, event)
-
-
-def _iso(value: Any) -> str | None:
-    return (
-        value.isoformat(timespec="seconds")
-        if isinstance(value, datetime)
-        else (str(value) if value else None)
-    )
 
 
 def _link(context: Any) -> str | None:

@@ -301,7 +301,14 @@ def _doc(cluster: ClusterConfig) -> str:
         f"drop after **{s.delete_after_days}** days "
         f"(ReadyToDelete when objects depend on the role); dry run: **{s.dry_run}**; "
         f"safety guard: at most {s.max_action_ratio:.0%} of candidates per run.\n\n"
-        "Trigger with `unlock_users` to unlock roles; with `dry_run: true` and `as_of` to preview a date.\n\n"
+        + (
+            "Drops wait for a DBA: task `approve_drops` asks on the Required Actions page "
+            f"(rejected after {cluster.approval_timeout_hours:g} hours without an answer).\n\n"
+            if s.approve_drops
+            else ""
+        )
+        + "Trigger with `unlock_users` to unlock roles; with `dry_run: true` and `as_of` to preview "
+        "a date.\n\n"
         f"State: schema `{s.state_schema}` in the target database "
         "(`user_login_status`, `action_history`, `planned_action`)."
         + (
