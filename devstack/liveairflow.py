@@ -74,6 +74,7 @@ class LiveAirflow:
     over the harness's defaults (a test that needs real users sets
     ``AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS=False``, say). With ``CeleryExecutor`` a
     ``celery-worker`` runs too, on the machine's Redis under a key prefix and queue of its own.
+    ``setup``: ``airflow`` CLI commands run after ``db migrate`` and before the components start.
     """
 
     def __init__(
@@ -86,6 +87,7 @@ class LiveAirflow:
         metadata_db: str = "auto",
         redis_url: str = "redis://127.0.0.1:6379/0",
         startup_timeout: float = 120.0,
+        setup: Sequence[Sequence[str]] = (),
     ) -> None:
         unknown = set(components) - {*COMPONENTS, CELERY_WORKER}
         if unknown:
@@ -103,6 +105,7 @@ class LiveAirflow:
         self.metadata_db = metadata_db
         self.redis_url = redis_url
         self.startup_timeout = startup_timeout
+        self.setup = [list(args) for args in setup]  # airflow CLI commands after the migration
         self.run_key = f"iu-live-{uuid.uuid4().hex[:10]}"
         self.home = Path(env.get("AIRFLOW_HOME") or self.work / "airflow")
         self.log_dir = self.work / "logs"
@@ -136,6 +139,8 @@ class LiveAirflow:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.env = self._build_env(self._metadata_url())
         self._run_once(["db", "migrate"], "db-migrate", timeout=self.startup_timeout)
+        for args in self.setup:  # e.g. teams sync, before any component reads them
+            self._run_once(args, "setup", timeout=self.startup_timeout)
         for name in self.components:
             self._spawn(name)
         self.wait_healthy(self.startup_timeout)

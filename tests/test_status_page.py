@@ -12,11 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import shutil
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -26,6 +22,7 @@ import httpx
 import pytest
 
 from devstack.airflowenv import ROOT, airflow_env
+from devstack.liveairflow import LiveAirflow
 from devstack.motoserver import MotoServer
 from devstack.pgcluster import PgBinaries, free_port
 from tests.livestage import fresh_scenario
@@ -90,12 +87,6 @@ def _config(path: Path, sc: Scenario, down_port: int) -> Path:
     return path
 
 
-def _airflow(env: dict[str, str], *args: str) -> None:
-    airflow = str(Path(sys.executable).parent / "airflow")
-    done = subprocess.run([airflow, *args], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, f"airflow {' '.join(args)}: {done.stdout[-2000:]}{done.stderr[-3000:]}"
-
-
 @pytest.fixture(scope="module")
 def stage(
     pg_binaries: PgBinaries,
@@ -104,96 +95,49 @@ def stage(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stage]:
     work = tmp_path_factory.mktemp("status-page")
-    api: subprocess.Popen[bytes] | None = None
     with fresh_scenario(pg_template, pg_binaries, moto_server) as sc:
-        pg = sc.pg
-        try:
-            _seed(sc)
-            down_port = free_port()  # nothing listens there: the cluster that cannot be reached
-            env = airflow_env(work, _config(work / "clusters.yaml", sc, down_port), "iu", pg, moto_server)
-            passwords = work / "passwords.json"
-            passwords.write_text(json.dumps(USERS))
-            port = free_port()
-            bundle = {
-                "name": "inactive_users",
-                "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
-                "kwargs": {"path": str(ROOT / "dags"), "refresh_interval": 0},
-                "team_name": "dba",
+        _seed(sc)
+        down_port = free_port()  # nothing listens there: the cluster that cannot be reached
+        env = airflow_env(work, _config(work / "clusters.yaml", sc, down_port), "iu", sc.pg, moto_server)
+        passwords = work / "passwords.json"
+        passwords.write_text(json.dumps(USERS))
+        bundle = {
+            "name": "inactive_users",
+            "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+            "kwargs": {"path": str(ROOT / "dags"), "refresh_interval": 0},
+            "team_name": "dba",
+        }
+        env.update(
+            {
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "dba:viewer:dba,outsider:viewer:other",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
+                "AIRFLOW__CORE__MULTI_TEAM": "True",
+                "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps([bundle]),
+                "AIRFLOW_CONN_IU_DOWN": json.dumps(
+                    {
+                        "conn_type": "postgres",
+                        "host": "127.0.0.1",
+                        "port": down_port,
+                        "login": "job_user",
+                        "password": DOWN_PASSWORD,
+                        "schema": "postgres",
+                    }
+                ),
             }
-            env.update(
-                {
-                    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{work / 'airflow.db'}",
-                    "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
-                    "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "dba:viewer:dba,outsider:viewer:other",
-                    "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
-                    "AIRFLOW__CORE__MULTI_TEAM": "True",
-                    "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps([bundle]),
-                    "AIRFLOW__API_AUTH__JWT_SECRET": "status-page-test-jwt-secret-0123456789",
-                    "AIRFLOW__API__SECRET_KEY": "status-page-test-secret-key",
-                    "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-                    "AIRFLOW_CONN_IU_DOWN": json.dumps(
-                        {
-                            "conn_type": "postgres",
-                            "host": "127.0.0.1",
-                            "port": down_port,
-                            "login": "job_user",
-                            "password": DOWN_PASSWORD,
-                            "schema": "postgres",
-                        }
-                    ),
-                }
-            )
-            _airflow(env, "db", "migrate")
-            _airflow(env, "teams", "sync")  # team dba, from the bundle
-            _airflow(env, "teams", "create", "other")  # the outsider's team: no DAGs
-            _airflow(env, "dags", "reserialize")
-            log = (work / "api-server.log").open("wb")
-            api = subprocess.Popen(
-                [str(Path(sys.executable).parent / "airflow"), "api-server", "--port", str(port)],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-            base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 180
-            while True:
-                assert api.poll() is None, (work / "api-server.log").read_text()[-4000:]
-                try:
-                    if (
-                        httpx.get(base + "/api/v2/monitor/health", trust_env=False, timeout=5).status_code
-                        == 200
-                    ):
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline, (work / "api-server.log").read_text()[-4000:]
-                time.sleep(0.5)
+        )
+        setup = (
+            ["teams", "sync"],  # team dba, from the bundle
+            ["teams", "create", "other"],  # the outsider's team: no DAGs
+            ["dags", "reserialize"],  # the DAGs, for the auth manager's team check; no dag-processor
+        )
+        with LiveAirflow(work, env, components=("api-server",), metadata_db="sqlite", setup=setup) as af:
             tokens = {}
             for user, password in USERS.items():
-                r = httpx.post(
-                    base + "/auth/token", json={"username": user, "password": password}, trust_env=False
-                )
+                r = af.client.post("/auth/token", json={"username": user, "password": password})
                 assert r.status_code == 201, r.text
                 tokens[user] = r.json()["access_token"]
-            yield Stage(sc, base, tokens)
-        finally:
-            if api is not None:
-                _stop(api)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """Stop the api-server and every process of its session (its uvicorn worker)."""
-    for sig, wait in ((15, 20), (9, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+            yield Stage(sc, af.base_url, tokens)
 
 
 # -- who may see it -----------------------------------------------------------------------------
