@@ -38,6 +38,9 @@ def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
 def main() -> int:
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    # Ctrl-C is how this stops, also when started from a shell that ignores SIGINT for what it
+    # runs in the background (a non-interactive shell does, and Python then keeps it ignored)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if WORK.exists():
         shutil.rmtree(WORK)
     WORK.mkdir()
