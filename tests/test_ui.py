@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -89,9 +90,13 @@ def test_ui_serves_airflow_and_stops_everything_on_ctrl_c(tmp_path: Path) -> Non
             left = {pid: _cmdline(pid) for pid in _descendants(proc.pid) | {proc.pid} if _alive(pid)}
             raise AssertionError(f"still running 120 s after Ctrl-C: {left}\n{''.join(lines)}") from None
     finally:
-        if proc.poll() is None:
+        if proc.poll() is None:  # a failed test leaves nothing running: its descendants too
+            left = _descendants(proc.pid)
             proc.kill()
             proc.wait()
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
     assert proc.returncode == 0, "".join(lines) + rest
     assert "stopped: Airflow, moto and PostgreSQL" in rest
     assert [pid for pid in started if _alive(pid)] == []
