@@ -199,6 +199,7 @@ def test_what_an_answer_decides(answer: Any, asked: Any, outcome: str, by: str |
     assert (d.outcome, d.by) == (outcome, by)
     assert d.may_drop is (outcome == approval.APPROVED)
     assert d.fingerprint == "f00"
+    assert d.due == (2 if asked is ASKED else 0)  # the roles the question was about
 
 
 @pytest.mark.parametrize("answer", [None, {}, {"chosen_options": []}])
@@ -221,7 +222,7 @@ def test_each_decision_reads_as_one_line_naming_who_and_what_happened() -> None:
     at = "2026-12-02T09:30:05+00:00"
     lines = {
         o: approval.summary_line(
-            approval.Decision(o, "Ada Admin" if o in ("approved", "rejected") else None, at, "f", 3), 2
+            approval.Decision(o, "Ada Admin" if o in ("approved", "rejected") else None, at, "f", 3, due=2)
         )
         for o in (approval.APPROVED, approval.REJECTED, approval.TIMED_OUT, approval.NOT_ASKED)
     }
@@ -235,6 +236,8 @@ def test_each_decision_reads_as_one_line_naming_who_and_what_happened() -> None:
         "the 2 roles due to be dropped stay locked."
     )
     assert "could only be flagged ReadyToDelete" in lines[approval.NOT_ASKED]
+    labels = [approval.Decision(o).label for o in (approval.APPROVED, approval.REJECTED, approval.TIMED_OUT)]
+    assert labels == ["drops approved", "drops rejected", "drops timed out"]
 
 
 def test_a_rejection_alone_is_alerted_and_named_in_the_subject() -> None:

@@ -49,19 +49,16 @@ class Decision:
     at: str | None = None  # when (ISO 8601)
     fingerprint: str | None = None
     timeout_hours: float | None = None
+    due: int = 0  # the roles due to be dropped that the question was about
 
     @property
     def may_drop(self) -> bool:
         return self.outcome == APPROVED
 
-    def as_xcom(self) -> dict[str, Any]:
-        return {
-            "outcome": self.outcome,
-            "by": self.by,
-            "at": self.at,
-            "fingerprint": self.fingerprint,
-            "timeout_hours": self.timeout_hours,
-        }
+    @property
+    def label(self) -> str:
+        """For an alert's subject: ``drops approved``, ``drops rejected``, ``drops timed out``."""
+        return "drops " + self.outcome.replace("_", " ")
 
 
 def decision(
@@ -73,18 +70,19 @@ def decision(
     task marked successful by hand, say) is no decision, and nothing may be dropped on it.
     """
     fp = (asked or {}).get("fingerprint")
+    due = int((asked or {}).get("total") or 0)
     if asked is not None and not asked.get("asked"):
-        return Decision(NOT_ASKED, fingerprint=fp)
+        return Decision(NOT_ASKED, fingerprint=fp, due=due)
     if not answer or not answer.get("chosen_options"):
         return None
     user = answer.get("responded_by_user") or {}
     by = user.get("name") or user.get("id")
     at = stamp(answer.get("responded_at"))
     if answer.get("timed_out"):
-        return Decision(TIMED_OUT, None, at, fp, timeout_hours)
+        return Decision(TIMED_OUT, None, at, fp, timeout_hours, due)
     if answer["chosen_options"] == ["Approve"] and by:
-        return Decision(APPROVED, by, at, fp)
-    return Decision(REJECTED, by or "an unknown user", at, fp)
+        return Decision(APPROVED, by, at, fp, due=due)
+    return Decision(REJECTED, by or "an unknown user", at, fp, due=due)
 
 
 def stamp(value: Any) -> str | None:
@@ -156,9 +154,9 @@ def _line(o: Mapping[str, Any]) -> str:
     return line
 
 
-def summary_line(d: Decision, due: int) -> str:
+def summary_line(d: Decision) -> str:
     """One line for the alert and the report: what happened to the drops, and who decided."""
-    roles = f"{due} role{'s' * (due != 1)} due to be dropped"
+    roles = f"{d.due} role{'s' * (d.due != 1)} due to be dropped"
     if d.outcome == APPROVED:
         return f"Drops APPROVED by {d.by} at {d.at}: the {roles} were dropped or flagged as listed."
     if d.outcome == REJECTED:

@@ -92,7 +92,7 @@ class DropApproval(ApprovalOperator):
             asked = context["ti"].xcom_pull(task_ids=steps.APPROVAL_TASK_ID, key="asked")
             decided = approval.decision(answer, asked, self.cluster.approval_timeout_hours)
             if decided is not None:
-                log.info("%s", approval.summary_line(decided, int((asked or {}).get("total") or 0)))
+                log.info("%s", approval.summary_line(decided))
         return super().execute_complete(context, event)
 
 

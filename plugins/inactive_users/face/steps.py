@@ -397,14 +397,14 @@ def _act(cluster: ClusterConfig, context: Mapping[str, Any], which: str) -> dict
                     "was dropped; clear approve_drops to ask again."
                 )
             if decided.outcome in (approval.REJECTED, approval.TIMED_OUT):
-                raise AirflowSkipException(approval.summary_line(decided, len(recorded)))
+                raise AirflowSkipException(approval.summary_line(decided))
             if decided.outcome == approval.APPROVED and decided.fingerprint != approval.fingerprint(recorded):
                 raise ApprovalError(
                     f"the roles recorded for this run's drops (fingerprint {approval.fingerprint(recorded)}) "
                     f"are not those approved ({decided.fingerprint}). Nothing was dropped; re-run the DAG."
                 )
             may_drop = decided.may_drop
-            log.info("%s", approval.summary_line(decided, len(recorded)))
+            log.info("%s", approval.summary_line(decided))
         report = eng.lock(fresh) if which == "lock" else eng.delete(fresh, may_drop=may_drop)
     return {"dry_run": False, **_action_summary(report)}
 
@@ -485,15 +485,11 @@ def drops_to_approve(cluster: ClusterConfig, context: Mapping[str, Any]) -> Ask:
         return Ask(bool(n), why_not, approval.fingerprint(recorded), len(preview), n, preview)
 
 
-def _decision_note(context: Mapping[str, Any], decided: approval.Decision | None) -> tuple[str, str] | None:
+def _decision_note(decided: approval.Decision | None) -> tuple[str, str] | None:
     """For the alert: a short label for the subject and the decision's line (None: none was asked)."""
     if decided is None or decided.outcome == approval.NOT_ASKED:
         return None
-    asked = context["ti"].xcom_pull(task_ids=APPROVAL_TASK_ID, key="asked") or {}
-    label = {approval.APPROVED: "drops approved", approval.REJECTED: "drops rejected"}.get(
-        decided.outcome, "drops timed out"
-    )
-    return label, approval.summary_line(decided, int(asked.get("total") or 0))
+    return decided.label, approval.summary_line(decided)
 
 
 def _approval(cluster: ClusterConfig, context: Mapping[str, Any]) -> approval.Decision | None:
@@ -533,7 +529,7 @@ def alert(cluster: ClusterConfig, context: Mapping[str, Any]) -> dict[str, Any]:
     alerted = planned.get("upcoming_alerted_fingerprint")
     unchanged = fingerprint == alerted
     decided = _approval(cluster, context)
-    decision = _decision_note(context, decided)
+    decision = _decision_note(decided)
     has_actions = (
         bool(alerts.alerting_outcomes(sample))
         or any(n and a in alerts.ALERTING for a, n in counts.items())
@@ -773,7 +769,7 @@ def report(cluster: ClusterConfig, context: Mapping[str, Any]) -> dict[str, Any]
         ", ".join(f"{n} {a}" for a, n in sorted(counts.items())) or "none",
         "\n".join(rows),
     )
-    decision = _decision_note(context, _approval(cluster, context))
+    decision = _decision_note(_approval(cluster, context))
     if decision:
         log.info("%s", decision[1])
     if pre and not pre.get("dry_run"):
