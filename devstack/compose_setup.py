@@ -12,10 +12,9 @@ import time
 
 import psycopg
 
-from devstack import shipper
 from devstack.awsfixtures import alert_topic_with_queue, create_aurora
 from devstack.motoserver import boto_client
-from devstack.stories import MASTER, ROLE_PASSWORD, STORIES, create_roles, seed_history
+from devstack.stories import MASTER, create_roles, log_in_active_roles, seed_history
 
 
 def wait_for(what: str, check: object, timeout: float = 300) -> None:
@@ -51,17 +50,14 @@ def setup(dsn: str, endpoint: str, cluster: str) -> list[str]:
 
 def play_once(dsn: str, endpoint: str, cluster: str, logfile: str, instances: list[str], offset: int) -> int:
     """Log in as each active role and ship what that wrote to its instance's stream; returns the offset."""
-    logs = boto_client(endpoint, "logs")
-    conninfo = psycopg.conninfo.conninfo_to_dict(dsn)
-    for name, (_, _, instance) in STORIES.items():
-        if instance is None:
-            continue
-        with psycopg.connect(**{**conninfo, "user": name, "password": ROLE_PASSWORD}):
-            pass
-        time.sleep(0.5)
-        # one PostgreSQL plays both instances: each login's lines go to its instance's stream
-        stream = instances[instance - 1]
-        shipped, offset = shipper.ship_log_file(logs, cluster, stream, logfile, since_offset=offset)
+
+    def dsn_for(user: str, password: str) -> str:
+        return psycopg.conninfo.make_conninfo(dsn, user=user, password=password)
+
+    logins, offset = log_in_active_roles(
+        dsn_for, boto_client(endpoint, "logs"), cluster, instances, logfile, offset, pause=0.5
+    )
+    for name, shipped, stream in logins:
         print(f"{name} logged in; {shipped} lines shipped to {stream}", flush=True)
     return offset
 

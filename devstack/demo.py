@@ -28,7 +28,7 @@ from devstack.awsfixtures import alert_topic_with_queue, create_aurora, drain_al
 from devstack.motoserver import MotoServer, boto_client
 from devstack.pgcluster import embedded_binaries, running_cluster
 from devstack.setuperror import SetupError
-from devstack.stories import MASTER, ROLE_PASSWORD, STORIES, create_roles, seed_history
+from devstack.stories import MASTER, STORIES, create_roles, log_in_active_roles, seed_history
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = Path(os.environ.get("INACTIVE_USERS_DEMO_DIR", ROOT / ".demo"))
@@ -75,17 +75,8 @@ def main() -> int:
             before = read_state(admin)
 
         step(4, total, "real logins as the active roles; shipping the real log lines to CloudWatch Logs")
-        offset = 0
-        for name, (_, _, instance) in STORIES.items():
-            if instance is None:
-                continue
-            with psycopg.connect(pg.dsn(user=name, password=ROLE_PASSWORD)):
-                pass
-            time.sleep(0.3)
-            shipped, offset = shipper.ship_log_file(
-                logs, CLUSTER, writer if instance == 1 else reader, pg.logfile, since_offset=offset
-            )
-            stream = writer if instance == 1 else reader
+        logins, offset = log_in_active_roles(pg.dsn, logs, CLUSTER, (writer, reader), pg.logfile)
+        for name, shipped, stream in logins:
             print(f"      {name} logged in; {shipped} log lines shipped to stream {stream}")
         shipper.ship_log_file(logs, CLUSTER, writer, pg.logfile, since_offset=offset)
 

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
 import psycopg
 from psycopg import sql
+
+from devstack import shipper
 
 MASTER = "demo_master"
 ROLE_PASSWORD = "demo-role-Passw0rd"  # throwaway password of the demo roles
@@ -41,12 +48,44 @@ def seed_history(admin: psycopg.Connection) -> None:
 
     migrate(admin, "inactive_users")
     for name, (_, days, _) in STORIES.items():
-        if days is None:
+        if days is not None:
+            seed_last_login(admin, name, days)
+
+
+def seed_last_login(admin: psycopg.Connection, name: str, days: float) -> None:
+    """Track role ``name`` as Active, last seen ``days`` ago (kept as it is when already tracked)."""
+    admin.execute(
+        "INSERT INTO inactive_users.user_login_status (user_name, role_oid, last_login_time, status) "
+        "SELECT rolname, oid, now() - make_interval(days => %s), 'Active' "
+        "FROM pg_roles WHERE rolname = %s "
+        "AND NOT EXISTS (SELECT 1 FROM inactive_users.user_login_status WHERE user_name = %s)",
+        [days, name, name],
+    )
+
+
+def log_in_active_roles(
+    dsn_for: Callable[..., str],
+    logs: Any,
+    cluster_id: str,
+    streams: Sequence[str],
+    logfile: str | Path,
+    offset: int = 0,
+    pause: float = 0.3,
+) -> tuple[list[tuple[str, int, str]], int]:
+    """Each story role that logs in now does so for real; its log lines go to its instance's stream.
+
+    One PostgreSQL plays every instance: ``streams[i - 1]`` is instance ``i``'s stream.
+    ``dsn_for(user=, password=)`` gives the server's DSN; ``pause`` lets the logging collector
+    write the line. Returns (role, lines shipped, stream) per login, and the log file offset reached.
+    """
+    done = []
+    for name, (_, _, instance) in STORIES.items():
+        if instance is None:
             continue
-        admin.execute(
-            "INSERT INTO inactive_users.user_login_status (user_name, role_oid, last_login_time, status) "
-            "SELECT rolname, oid, now() - make_interval(days => %s), 'Active' "
-            "FROM pg_roles WHERE rolname = %s "
-            "AND NOT EXISTS (SELECT 1 FROM inactive_users.user_login_status WHERE user_name = %s)",
-            [days, name, name],
-        )
+        with psycopg.connect(dsn_for(user=name, password=ROLE_PASSWORD)):
+            pass
+        time.sleep(pause)
+        stream = streams[instance - 1]
+        shipped, offset = shipper.ship_log_file(logs, cluster_id, stream, logfile, since_offset=offset)
+        done.append((name, shipped, stream))
+    return done, offset

@@ -11,21 +11,17 @@ import os
 import shutil
 import signal
 import sys
-import time
 import warnings
 from pathlib import Path
 from types import FrameType
 
-import psycopg
-
-from devstack import shipper
 from devstack.airflowenv import airflow_env
 from devstack.awsfixtures import alert_topic_with_queue, create_aurora
 from devstack.demo import CLUSTER, DAG_ID, PASSWORD, write_config
 from devstack.liveairflow import LiveAirflow
 from devstack.motoserver import MotoServer, boto_client
 from devstack.pgcluster import embedded_binaries, running_cluster
-from devstack.stories import MASTER, ROLE_PASSWORD, STORIES, create_roles, seed_history
+from devstack.stories import MASTER, create_roles, log_in_active_roles, seed_history
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = Path(os.environ.get("INACTIVE_USERS_UI_DIR", ROOT / ".ui"))
@@ -57,15 +53,7 @@ def main() -> int:
             with pg.connect() as admin:
                 create_roles(admin)
                 seed_history(admin)
-            offset = 0
-            for name, (_, _, instance) in STORIES.items():
-                if instance is not None:
-                    with psycopg.connect(pg.dsn(user=name, password=ROLE_PASSWORD)):
-                        pass
-                    time.sleep(0.3)  # the logging collector writes the line
-                    _, offset = shipper.ship_log_file(
-                        logs, CLUSTER, writer if instance == 1 else reader, pg.logfile, since_offset=offset
-                    )
+            log_in_active_roles(pg.dsn, logs, CLUSTER, (writer, reader), pg.logfile)
             print(
                 "starting Airflow: api-server, scheduler, dag-processor, triggerer (LocalExecutor)",
                 flush=True,

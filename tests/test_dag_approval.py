@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from devstack.stories import seed_last_login
 from tests.dagrun import DagHarness
 from tests.scenario import Scenario
 
@@ -22,13 +23,7 @@ def stage(sc: Scenario, h: DagHarness, roles: dict[str, int]) -> None:
     sc.sql("ALTER TABLE ledger OWNER TO owner200")
     sc.engine().migrate()
     for name, days in roles.items():
-        sc.sql(
-            "INSERT INTO inactive_users.user_login_status (user_name, role_oid, last_login_time, status) "
-            "SELECT rolname, oid, now() - make_interval(days => %s), 'Active' "
-            "FROM pg_roles WHERE rolname = %s",
-            days,
-            name,
-        )
+        seed_last_login(sc.admin, name, days)
     for instance in (sc.writer, sc.reader):  # both instances' logs, exported
         assert sc.login("app")
         sc.ship(instance)

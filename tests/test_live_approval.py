@@ -28,6 +28,7 @@ from devstack.awsfixtures import drain_alerts
 from devstack.liveairflow import LiveAirflow
 from devstack.motoserver import MotoServer
 from devstack.pgcluster import PgBinaries
+from devstack.stories import seed_last_login
 from tests.conftest import PASSWORD
 from tests.livestage import fresh_scenario, stage_demo
 from tests.scenario import Scenario
@@ -217,11 +218,7 @@ def test_reject_then_timeout_then_approve(stage: Stage) -> None:
     # 4. marked successful by hand, with no answer ----------------------------------------------
     late = "dave_200"
     sc.create_role(late)
-    sc.sql(
-        "INSERT INTO inactive_users.user_login_status (user_name, role_oid, last_login_time, status) "
-        "SELECT rolname, oid, now() - interval '200 days', 'Active' FROM pg_roles WHERE rolname = %s",
-        late,
-    )
+    seed_last_login(sc.admin, late, 200)
     run_id = af.trigger(DAG_ID, conf={})
     assert late in wait_for_question(af, run_id)["body"]
     marked = af.api(
