@@ -153,6 +153,12 @@ class Thresholds:
     # now too, so it is locked whatever the answer (and however long it takes).
     lock_before_drop: bool = False
 
+    @property
+    def horizon(self) -> timedelta | None:
+        """How old a login can be and still change a decision (None: no threshold is set)."""
+        days = [d for d in (self.lock_after_days, self.delete_after_days) if d is not None]
+        return timedelta(days=max(days)) if days else None
+
 
 @dataclass(frozen=True, slots=True)
 class Planned:
@@ -352,6 +358,46 @@ def retention_error(gaps: Mapping[str, str]) -> str | None:
         "then would look inactive. Nothing was locked or deleted. If that is acceptable (or the roles "
         'were checked), trigger once with {"override_retention": true}; the override is recorded in '
         "action_history."
+    )
+
+
+def new_instance_gap(
+    instance: str,
+    read_from: datetime,
+    now: datetime,
+    retention_days: int | None,
+    log_group: str,
+    created: datetime | None,
+) -> str | None:
+    """Why logins on an instance read for the first time may have expired before the job could
+    read them, or None.
+
+    A new instance of a cluster the job has read before is read from ``read_from`` (as far back as
+    a login can still change a decision); logins older than the log group's retention are gone,
+    unless the instance did not exist yet then (``created``).
+    """
+    if retention_days is None:
+        return None
+    kept_from = now - timedelta(days=retention_days)
+    if read_from >= kept_from or (created is not None and created >= kept_from):
+        return None
+    return (
+        f"{instance}: read for the first time, but log group {log_group} keeps events for "
+        f"{retention_days} days, so its logins before {kept_from.isoformat(timespec='seconds')} "
+        f"(back to {read_from.isoformat(timespec='seconds')}, as far as a login still counts) may have "
+        "been deleted unread"
+    )
+
+
+def instance_error(problems: Mapping[str, str]) -> str | None:
+    """The guard message for instances of the topology whose logins or sessions cannot be read."""
+    if not problems:
+        return None
+    return (
+        "instance guard: "
+        + "; ".join(f"{i}: {problems[i]}" for i in sorted(problems))
+        + ". A role whose only logins or sessions are there would look inactive, so nothing was "
+        "locked or deleted (roles and the other instances' logins were still brought up to date)."
     )
 
 
