@@ -522,8 +522,13 @@ class Engine:
             except Exception as exc:
                 if streams is sets[0]:
                     raise  # the target's own logs: the task fails (and retries) as before
-                unreadable[streams.label] = (scrub(f"{type(exc).__name__}: {exc}"), exc)
-                log.error("logs of %s could not be read: %s", streams.label, scrub(str(exc)))
+                why = scrub(f"{type(exc).__name__}: {exc}")
+                if all(streams.key(i) in self.instance_problems for i in streams.instances):
+                    # preflight found why already: the plan refuses, naming it
+                    log.warning("logs of %s could not be read (as preflight found): %s", streams.label, why)
+                    continue
+                unreadable[streams.label] = (why, exc)
+                log.error("logs of %s could not be read: %s", streams.label, why)
                 continue
             for instance, summary in summaries.items():
                 name = streams.key(instance)
