@@ -560,6 +560,7 @@ def alert(cluster: ClusterConfig, context: Mapping[str, Any]) -> dict[str, Any]:
         upcoming_total=upcoming_total,
         warn_before_days=planned.get("warn_before_days"),
         decision=decision,
+        instances=_instances_read(context),
     )
     assert message is not None  # actions, a decision or upcoming roles, checked above
     log.info("alert:\n%s\n%s", message.subject, message.body)
@@ -570,6 +571,12 @@ def alert(cluster: ClusterConfig, context: Mapping[str, Any]) -> dict[str, Any]:
     if record and not unchanged:
         record.alerted(fingerprint, upcoming_total)
     return {"subject": message.subject, "sent": sent, "contact_notices": sent_notices}
+
+
+def _instances_read(context: Mapping[str, Any]) -> list[str]:
+    """The instances preflight found (replicas and secondaries too), as the alert names them."""
+    pre = context["ti"].xcom_pull(task_ids="preflight") or {}
+    return [row["instance"] for row in pre.get("instances_read") or []]
 
 
 class _UpcomingRecord:
@@ -667,6 +674,7 @@ def write_evidence(cluster: ClusterConfig, context: Mapping[str, Any]) -> dict[s
         logical_date=logical_date,
         evaluated_at=datetime.fromisoformat(planned["as_of"]),
         settings=_evidence_settings(opts, instances),
+        instances_read=_preflight_result(context).get("instances_read") or [],
         rows=rows,
         csv_bytes=body,
         csv_uri=csv_uri,
