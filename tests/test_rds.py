@@ -22,6 +22,9 @@ from devstack.awsfixtures import create_read_replica
 from devstack.motoserver import boto_client
 from devstack.pgcluster import PgCluster, free_port, running_standby
 from devstack.shipper import instance_group_name
+from inactive_users.core.config import load
+from inactive_users.face.page import queries
+from inactive_users.postgres.instances import bounded_connector
 from tests.dagrun import DagHarness
 from tests.scenario import ROLE_PASSWORD, Scenario
 
@@ -146,6 +149,17 @@ def test_logins_and_sessions_on_any_replica_keep_roles_active(
     out = capfd.readouterr()
     text = out.out + out.err
     assert f"read replica {EU} ({EU_REGION})" in text and f"{R2} ({HOME}, replica of {R1})" in text
+    # the alert and the status page name the instances read
+    [alert] = h.messages()
+    assert f"Logins and open sessions read on: {PRIMARY}, {R1}, {EU_REGION}/{EU}, {R2}\n" in alert["message"]
+    cluster = load(h.config_path).clusters[0]
+    page = queries.read_status(cluster, bounded_connector(sc.pg_conn_id))
+    assert [(i.instance, i.log_group, i.region_name) for i in page.instances] == [
+        (f"{EU_REGION}/{EU}", instance_group_name(EU), EU_REGION),
+        (PRIMARY, instance_group_name(PRIMARY), HOME),
+        (R1, instance_group_name(R1), HOME),
+        (R2, instance_group_name(R2), HOME),
+    ]
 
 
 @pytest.mark.single_pg_version(
