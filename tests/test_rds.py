@@ -240,13 +240,12 @@ def test_a_replica_added_between_runs_is_read_and_a_removed_one_is_read_a_last_t
 ) -> None:
     sc, standby = scenario, pg_standby
     h = DagHarness(sc, tmp_path, db_instance=PRIMARY)
-    seed(sc, [standby], {"only_on_new": 120, "last_on_removed": 120, "idle": 120})
+    seed(sc, [standby], {"only_on_new": 10, "last_on_removed": 10, "idle": 120})
     here = endpoint(sc.pg)
     h.write_config(instance_endpoints={PRIMARY: here, R1: endpoint(standby)})
     assert sc.login("postgres", password=sc.pg.password)
     ship(sc, PRIMARY)
-    # the first run knows no replica; it is told to keep the two roles this test is about
-    states = h.run({"exclude_users": ["only_on_new", "last_on_removed"]})
+    states = h.run()  # no replica yet
     assert states["report"] == "success", states
     assert set(watermarks(sc)) == {PRIMARY}
     assert sc.statuses()["idle"]["status"] == "Locked"
@@ -258,7 +257,8 @@ def test_a_replica_added_between_runs_is_read_and_a_removed_one_is_read_a_last_t
     assert ship(sc, R1, standby) > 0
     assert sc.login("postgres", password=sc.pg.password)
     ship(sc, PRIMARY)
-    states = h.run({"exclude_users": ["last_on_removed"]})
+    sc.set_last_login("only_on_new", 120)  # as the state says: its only login since is on the replica
+    states = h.run()
     assert states["report"] == "success", states
     assert set(watermarks(sc)) == {PRIMARY, R1}
     assert sc.statuses()["only_on_new"]["status"] == "Active"
@@ -270,6 +270,7 @@ def test_a_replica_added_between_runs_is_read_and_a_removed_one_is_read_a_last_t
     h.rds.delete_db_instance(DBInstanceIdentifier=R1, SkipFinalSnapshot=True)
     assert sc.login("postgres", password=sc.pg.password)
     ship(sc, PRIMARY)
+    sc.set_last_login("last_on_removed", 120)
     states = h.run()
     assert states["report"] == "success", states
     assert sc.statuses()["last_on_removed"]["status"] == "Active"
@@ -281,3 +282,50 @@ def test_a_replica_added_between_runs_is_read_and_a_removed_one_is_read_a_last_t
     )
     assert len(stopped) == 1 and stopped[0][0] == R1 and stopped[0][2] == instance_group_name(R1)
     assert "no longer in the topology; its log was read a last time" in stopped[0][1]
+
+
+@pytest.mark.single_pg_version("a removed replica's log group is AWS's; PostgreSQL is not the subject")
+def test_a_removed_replica_whose_log_is_gone_refuses_until_overridden(
+    scenario: Scenario, tmp_path: Path, airflow_db: None, capfd: pytest.CaptureFixture[str]
+) -> None:
+    sc = scenario
+    h = DagHarness(sc, tmp_path, db_instance=PRIMARY)
+    create_read_replica(h.rds, R1, PRIMARY, exports=["postgresql"])
+    seed(sc, [], {"idle": 10})
+    here = endpoint(sc.pg)  # the primary's server plays the replica's too
+    h.write_config(instance_endpoints={PRIMARY: here, R1: here})
+    for instance in (PRIMARY, R1):
+        assert sc.login("postgres", password=sc.pg.password)
+        ship(sc, instance)
+    states = h.run()
+    assert states["report"] == "success", states
+    assert set(watermarks(sc)) == {PRIMARY, R1}
+
+    # the replica is deleted, and its log group with it, before the next run could read it
+    h.rds.delete_db_instance(DBInstanceIdentifier=R1, SkipFinalSnapshot=True)
+    sc.logs.delete_log_group(logGroupName=instance_group_name(R1))
+    assert sc.login("postgres", password=sc.pg.password)
+    ship(sc, PRIMARY)
+    sc.set_last_login("idle", 120)
+    states = h.run()
+    assert states["ingest_logins"] == "success" and states["plan"] == "failed", states
+    assert sc.role("idle")["can_login"] is True  # type: ignore[index]
+    gap = sc.sql(
+        "SELECT retention_gap FROM inactive_users.user_login_job_status WHERE instance_name = %s", R1
+    )
+    assert gap and f"{R1}: left the topology, and its log after" in gap[0][0]
+    assert "could not be read (LogSourceError: CloudWatch log group" in gap[0][0]
+    out = capfd.readouterr()
+    assert f"retention guard: {R1}: left the topology" in out.out + out.err
+
+    # a DBA accepts it: the row goes with a history row saying so, and the run acts
+    states = h.run({"override_retention": True})
+    assert states["report"] == "success", states
+    assert set(watermarks(sc)) == {PRIMARY}
+    assert sc.statuses()["idle"]["status"] == "Locked"
+    [(reason,)] = sc.sql(
+        "SELECT reason FROM inactive_users.action_history "
+        "WHERE action = 'stopped_reading' AND user_name = %s",
+        R1,
+    )
+    assert "was not read in full" in reason and "accepted by override_retention" in reason

@@ -59,6 +59,7 @@ class LoginSource(Protocol):
     log_group: str
     #: An instance's log streams where they are not the one named like it; None: every stream.
     streams: dict[str, Sequence[str] | None]
+    missing_hint: str  # what to do when the log group does not exist
 
     @property
     def region(self) -> str | None: ...
@@ -645,6 +646,7 @@ class Engine:
             return None
         source = self.open_source(mark.location)
         source.streams[mark.instance] = mark.location.log_streams
+        source.missing_hint = f"the log of {mark.instance}, which left the topology, is no longer there"
         return LogStreams(None, source, (mark.instance,), label)
 
     def _retire(
