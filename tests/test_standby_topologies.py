@@ -131,3 +131,46 @@ def test_a_self_managed_standby_shipped_to_its_own_log_group(
         "pg-primary": ("/postgres/pg-primary", None),
         "pg-standby": ("/postgres/pg-standby", ["postgresql.log"]),
     }
+
+
+@pytest.mark.single_pg_version("the subject is the log group's retention, not PostgreSQL")
+def test_a_standby_added_later_is_read_back_as_far_as_a_login_counts_or_refused(
+    scenario: Scenario, tmp_path: Path, airflow_db: None, capfd: pytest.CaptureFixture[str]
+) -> None:
+    sc = scenario
+    h = DagHarness(sc, tmp_path)
+    seed(sc, [], {"idle": 10})
+    here = endpoint(sc.pg)
+    primary = {"name": "pg-primary", "log_group": "/postgres/pg-primary"}
+    h.write_config(
+        cluster_id="test-selfmanaged", instances=[primary], instance_endpoints={"pg-primary": here}
+    )
+    assert sc.login("postgres", password=sc.pg.password)
+    assert sc.ship("pg-primary", log_group="/postgres/pg-primary") > 0
+    assert h.run(dag_id="inactive_users__test_selfmanaged")["report"] == "success"
+
+    # a standby the config did not list until now; its group keeps 7 days, less than the 180 days
+    # back a login still counts, and nothing says when the standby was made
+    standby = {"name": "pg-standby", "log_group": "/postgres/pg-standby"}
+    h.write_config(
+        cluster_id="test-selfmanaged",
+        instances=[primary, standby],
+        instance_endpoints={"pg-primary": here, "pg-standby": here},
+    )
+    for name in ("pg-primary", "pg-standby"):
+        assert sc.login("postgres", password=sc.pg.password)
+        assert sc.ship(name, log_group=f"/postgres/{name}") > 0
+    sc.logs.put_retention_policy(logGroupName="/postgres/pg-standby", retentionInDays=7)
+    sc.set_last_login("idle", 120)
+    states = h.run(dag_id="inactive_users__test_selfmanaged")
+    assert states["ingest_logins"] == "success" and states["plan"] == "failed", states
+    assert sc.role("idle")["can_login"] is True  # type: ignore[index]
+    out = capfd.readouterr()
+    assert (
+        "retention guard: pg-standby: read for the first time, but log group /postgres/pg-standby keeps "
+        "events for 7 days"
+    ) in out.out + out.err
+
+    states = h.run({"override_retention": True}, dag_id="inactive_users__test_selfmanaged")
+    assert states["report"] == "success", states
+    assert sc.statuses()["idle"]["status"] == "Locked"
