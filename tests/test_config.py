@@ -81,6 +81,21 @@ def test_shipped_example_config_is_valid() -> None:
     assert loaded.errors == [] and [c.cluster_id for c in loaded.clusters] == ["orders-prod"]
 
 
+def test_the_commented_examples_of_the_shipped_config_are_valid_once_uncommented(tmp_path: Path) -> None:
+    shipped = (Path(__file__).resolve().parents[1] / "dags" / "inactive_users.yaml").read_text()
+    lines = [
+        line.replace("  # ", "  ", 1) if line.startswith(("  # - ", "  #   ")) else line
+        for line in shipped.splitlines()
+    ]
+    loaded = load(write(tmp_path, "\n".join(lines)))
+    assert loaded.errors == []
+    assert [(c.cluster_id, c.id_key) for c in loaded.clusters] == [
+        ("orders-prod", "cluster_id"),
+        ("billing-db", "db_instance_id"),
+        ("reports-pg", "cluster_id"),
+    ]
+
+
 BAD_VALUES: list[tuple[dict[str, Any], str]] = [
     ({"lock_after_dayz": 3}, "clusters[1] ('orders-prod'): unknown key 'lock_after_dayz'"),
     ({"lock_after_days": "90"}, "lock_after_days must be int or null, got '90'"),
