@@ -558,7 +558,8 @@ class Engine:
                 streams.label,
                 time.monotonic() - started,
             )
-        retired = self._retire(leaving, unreadable, result, new_marks, now)
+        retired = self._retire(leaving, unreadable, result, now)
+        new_marks = [m for m in new_marks if m.instance not in retired]
         sessions = self._scan_sessions(conn)
         with conn.transaction():
             state.take_action_lock(conn, self.schema, self.lease_run_id)
@@ -654,17 +655,16 @@ class Engine:
         leaving: Sequence[state.Watermark],
         unreadable: dict[str, tuple[str, BaseException]],
         result: IngestResult,
-        new_marks: list[state.Watermark],
         now: datetime,
     ) -> dict[str, tuple[state.Watermark, str]]:
         """The rows of instances that left the topology and were read one last time (or may go
         unread, by the run's override_retention); one whose last read failed, or whose log has
-        expired in part, stays with a retention gap that refuses lock and drop until it is read
-        or overridden."""
+        expired in part (found now or recorded before), stays with a retention gap that refuses
+        lock and drop until it is read or overridden."""
         retired: dict[str, tuple[state.Watermark, str]] = {}
         for mark in leaving:
             failure = unreadable.pop(_leaving(mark.instance), None)
-            expired = result.retention_gaps.get(mark.instance)
+            expired = result.retention_gaps.get(mark.instance) or mark.retention_gap
             if failure is None and expired is None:
                 why = f"no longer in the topology; its log was read a last time, up to {now.isoformat()}"
             elif self.override_retention:
@@ -682,7 +682,6 @@ class Engine:
                         f"({failure[0]})"
                     )
                 continue
-            new_marks[:] = [m for m in new_marks if m.instance != mark.instance]
             retired[mark.instance] = (mark, why)
             result.stopped_reading[mark.instance] = why
             log.warning("stopped reading %s: %s", mark.instance, why)
