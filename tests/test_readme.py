@@ -255,8 +255,9 @@ def test_the_least_privilege_grants_are_enough_to_lock_and_drop(scenario: Scenar
     version = sc.pg.binaries.version
     sc.create_role("app_user")
     sc.create_role("stranger")  # not granted to the job on 16+: it must be left alone there
+    sc.create_role("pooled_user")  # idle by its logins, but a pool holds a session open
     sc.sql("CREATE ROLE rds_iam NOLOGIN")  # exists on Aurora
-    create_job_user(sc, ["app_user"])
+    create_job_user(sc, ["app_user", "pooled_user"])
     if version >= 16:
         members = sc.sql(
             "SELECT m.admin_option, m.inherit_option, m.set_option FROM pg_auth_members m "
@@ -269,9 +270,14 @@ def test_the_least_privilege_grants_are_enough_to_lock_and_drop(scenario: Scenar
     eng.sync_roles()
     sc.set_last_login("app_user", 100)
     sc.set_last_login("stranger", 100)
+    sc.set_last_login("pooled_user", 100)
+    sc.hold_session("pooled_user")
     sc.ship()
     report = eng.run([sc.writer])
     assert "app_user" in report.lock.names("locked")
+    # the job user may not read other roles' session details, yet sees that the session is there
+    assert report.plan is not None and report.plan.kept_active_session == ["pooled_user"]
+    assert sc.role("pooled_user")["can_login"] is True  # type: ignore[index]
     if version >= 16:
         assert report.lock.names("failed") == ["stranger"]
         assert sc.role("stranger")["can_login"] is True  # type: ignore[index]

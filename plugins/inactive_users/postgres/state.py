@@ -125,11 +125,15 @@ def held_oids(conn: psycopg.Connection, schema: str) -> set[int]:
 
 
 def active_session_oids(conn: psycopg.Connection) -> set[int]:
-    """Roles with a session open now on this instance (pooled connections never log in again)."""
+    """Roles with a session open now on this instance (pooled connections never log in again).
+
+    Any backend running as a role counts: a job user without ``pg_read_all_stats`` (the README's)
+    sees another role's backend with its ``usesysid`` but not its ``backend_type``, so a filter on
+    the type would hide every other role's session from it.
+    """
     rows = conn.execute(
         "SELECT DISTINCT usesysid::bigint FROM pg_stat_activity "
-        "WHERE usesysid IS NOT NULL AND pid <> pg_backend_pid() "
-        "AND backend_type IN ('client backend', 'walsender')"
+        "WHERE usesysid IS NOT NULL AND pid <> pg_backend_pid()"
     ).fetchall()
     return {r[0] for r in rows}
 
