@@ -127,6 +127,7 @@ BAD_VALUES: list[tuple[dict[str, Any], str]] = [
     ({"retries": 1.5}, "retries must be int, got 1.5"),
     ({"exempt_groups": "dba"}, "exempt_groups must be list, got 'dba'"),
     ({"exempt_groups": [None]}, "exempt_groups must be a list of strings, got (None,)"),
+    ({"ignore_wal_receivers": "barman"}, "ignore_wal_receivers must be list, got 'barman'"),
     ({"include_superusers": "no"}, "include_superusers must be bool, got 'no'"),
     ({"override_guard": 1}, "override_guard must be bool, got 1"),
     ({"lookback_hours": 0}, "lookback_hours must be a positive number, got 0"),

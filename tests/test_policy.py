@@ -269,3 +269,19 @@ def test_a_new_instance_opens_a_retention_gap_only_if_it_may_have_had_logins_tha
     assert new_instance_gap("db-r1", read_from, now, 365, group, None) is None
     assert new_instance_gap("db-r1", read_from, now, 30, group, now - timedelta(days=2)) is None
     assert new_instance_gap("db-r1", read_from, now, 30, group, now - timedelta(days=40)) is not None
+
+
+def test_the_standby_guard_counts_each_server_once_and_skips_archivers() -> None:
+    from inactive_users.core.policy import standby_error
+
+    ignored = ("pg_receivewal",)
+    # an RDS primary with a replica and a replica of it: three instances, two receivers
+    tree = {"db": ("t1", ["walreceiver"]), "db-r1": ("t2", ["walreceiver"]), "db-r1-r1": ("t3", [])}
+    assert standby_error(tree, 3, ignored) is None
+    # the same primary configured alone: its replica is not read
+    error = standby_error({"db": ("t1", ["walreceiver", "pg_receivewal"])}, 1, ignored)
+    assert error is not None and error.startswith("standby guard: db sends its WAL to 1 ('walreceiver')")
+    assert "at least 1 standby whose logins and sessions count is not read" in error
+    # two instance names for one server (a tunnel, a test) count its receivers once
+    assert standby_error({"w": ("t1", ["a"]), "r": ("t1", ["a"])}, 2, ignored) is None
+    assert standby_error({"aurora-1": ("t1", []), "aurora-2": ("t2", [])}, 2, ignored) is None

@@ -174,3 +174,54 @@ def test_a_standby_added_later_is_read_back_as_far_as_a_login_counts_or_refused(
     states = h.run({"override_retention": True}, dag_id="inactive_users__test_selfmanaged")
     assert states["report"] == "success", states
     assert sc.statuses()["idle"]["status"] == "Locked"
+
+
+def test_a_standby_the_config_leaves_out_refuses_lock_and_drop(
+    scenario: Scenario,
+    pg_standby: PgCluster,
+    tmp_path: Path,
+    airflow_db: None,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """The wrong action this guard stops: an RDS primary configured the way the README's manual path
+    once described (instances, log_group, master_user), with a read replica the config does not
+    name; a role that logs in every day, but only on the replica, was locked."""
+    sc, replica = scenario, pg_standby
+    h = DagHarness(sc, tmp_path)
+    seed(sc, [replica], {"daily_on_replica": 120, "idle": 120})
+    manual = {
+        "cluster_id": "test-rds-manual",
+        "instances": ["test-rds"],
+        "log_group": "/aws/rds/instance/test-rds/postgresql",
+        "master_user": "clustermaster",
+        "instance_endpoints": {"test-rds": endpoint(sc.pg)},
+        "global_secondaries": None,
+    }
+    h.write_config(**manual)
+    sc.skip_log(replica)
+    log_in(replica, "daily_on_replica")
+    sc.ship("test-rds-replica", server=replica, log_group="/aws/rds/instance/test-rds-replica/postgresql")
+    assert sc.login("postgres", password=sc.pg.password)
+    assert sc.ship("test-rds", log_group="/aws/rds/instance/test-rds/postgresql") > 0
+
+    states = h.run(dag_id="inactive_users__test_rds_manual")
+    assert states["ingest_logins"] == "success" and states["plan"] == "failed", states
+    assert sc.role("daily_on_replica")["can_login"] is True  # type: ignore[index]
+    assert sc.role("idle")["can_login"] is True  # type: ignore[index]
+    out = capfd.readouterr()
+    assert (
+        "standby guard: test-rds sends its WAL to 1 ('walreceiver'): 1 physical standby(s) in all, but "
+        "the job reads 1 instance(s)"
+    ) in out.out + out.err
+
+    # the standby listed with where its log is: its logins count, and the run acts
+    manual["instances"] = [
+        "test-rds",
+        {"name": "test-rds-replica", "log_group": "/aws/rds/instance/test-rds-replica/postgresql"},
+    ]
+    manual["instance_endpoints"] = {"test-rds": endpoint(sc.pg), "test-rds-replica": endpoint(replica)}
+    h.write_config(**manual)
+    states = h.run(dag_id="inactive_users__test_rds_manual")
+    assert states["report"] == "success", states
+    st = sc.statuses()
+    assert (st["daily_on_replica"]["status"], st["idle"]["status"]) == ("Active", "Locked")

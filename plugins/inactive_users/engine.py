@@ -40,6 +40,7 @@ from inactive_users.core.policy import (
     retention_error,
     retention_gap,
     session_error,
+    standby_error,
 )
 from inactive_users.core.settings import EngineSettings, SettingsError
 from inactive_users.postgres import actions, migrations, notices, planstore, state
@@ -488,7 +489,12 @@ class Engine:
     def _scan_sessions(self, conn: psycopg.Connection) -> SessionScan:
         """Open sessions on every instance; with no instance map, on this connection's server."""
         if self.sessions is None:
-            return SessionScan(oids=state.active_session_oids(conn), read=["(this connection)"])
+            here = "(this connection)"
+            return SessionScan(
+                oids=state.active_session_oids(conn),
+                read=[here],
+                wal_receivers={here: state.wal_receivers(conn)},
+            )
         return scan_sessions(self.sessions)
 
     def _ingest(
@@ -728,6 +734,7 @@ class Engine:
         if instances is not None:
             marks = state.fetch_watermarks(conn, self.schema)
             keys = self._stream_keys(instances)
+            plan.refuse(standby_error(sessions.wal_receivers, len(keys), self.settings.ignore_wal_receivers))
             health = {
                 k: StreamHealth(m.last_event, m.connection_events, m.unrecognised_example)
                 if (m := marks.get(k))

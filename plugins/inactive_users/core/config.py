@@ -43,6 +43,7 @@ ENGINE_KEYS = (
     "warn_before_days",
     "notify_role_contacts",
     "approve_drops",
+    "ignore_wal_receivers",
 )
 OTHER_DEFAULT_KEYS = (
     "schedule",
@@ -102,6 +103,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "warn_before_days": (int, type(None)),
     "notify_role_contacts": (bool,),
     "approve_drops": (bool,),
+    "ignore_wal_receivers": (list,),
     "approval_timeout_hours": (int, float),
     "ingest_pool": (str, type(None)),
     "instance_endpoints": (dict, type(None)),
@@ -323,7 +325,7 @@ def parse_cluster(entry: object, defaults: Mapping[str, Any], label: str) -> Clu
         raise ConfigError(f"{label}: postgres_conn_id is required")
     merged = {**defaults, **entry}
     engine_values = {k: merged[k] for k in ENGINE_KEYS if k in merged}
-    for key in ("exclude_users", "exclude_patterns", "exempt_groups"):
+    for key in ("exclude_users", "exclude_patterns", "exempt_groups", "ignore_wal_receivers"):
         if key in engine_values:
             engine_values[key] = tuple(engine_values[key])
     try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -398,6 +398,39 @@ def instance_error(problems: Mapping[str, str]) -> str | None:
         + "; ".join(f"{i}: {problems[i]}" for i in sorted(problems))
         + ". A role whose only logins or sessions are there would look inactive, so nothing was "
         "locked or deleted (roles and the other instances' logins were still brought up to date)."
+    )
+
+
+def standby_error(
+    receivers: Mapping[str, tuple[str, Sequence[str]]], instances: int, ignored: Collection[str]
+) -> str | None:
+    """Refuse when more servers stream WAL from the instances read than the job reads.
+
+    ``receivers``: per instance read, its server's identity and the names of its physical WAL
+    receivers. In a tree of ``instances`` servers, ``instances - 1`` of them receive WAL; more
+    receivers than that are standbys the configuration leaves out (an RDS replica under a config
+    that lists only the primary), whose logins and sessions would never be read.
+    """
+    by_server: dict[str, list[str]] = {}
+    where: dict[str, list[str]] = {}
+    for instance, (server, names) in sorted(receivers.items()):
+        by_server[server] = [n for n in names if n not in ignored]
+        where.setdefault(server, []).append(instance)
+    total = sum(len(names) for names in by_server.values())
+    if total <= max(instances - 1, 0):
+        return None
+    streams = "; ".join(
+        f"{' = '.join(where[server])} sends its WAL to {len(names)} ({', '.join(repr(n) for n in names)})"
+        for server, names in by_server.items()
+        if names
+    )
+    return (
+        f"standby guard: {streams}: {total} physical standby(s) in all, but the job reads "
+        f"{instances} instance(s), so at least {total - max(instances - 1, 0)} standby whose logins "
+        "and sessions count is not read. A role used only there would look inactive, so nothing was "
+        "locked or deleted. An RDS DB instance: configure db_instance_id (its read replicas are found "
+        "and read); a self-managed standby: list it in instances with where its log is; a WAL "
+        "receiver that takes no logins (an archiver): add its application_name to ignore_wal_receivers."
     )
 
 

@@ -138,6 +138,21 @@ def active_session_oids(conn: psycopg.Connection) -> set[int]:
     return {r[0] for r in rows}
 
 
+def wal_receivers(conn: psycopg.Connection) -> tuple[str, list[str]]:
+    """This server (its postmaster's start time, as an identity) and the application names of what
+    receives its WAL by physical replication: its standbys, or WAL archivers such as pg_receivewal.
+
+    A logical replication connection names a database and is not counted. Every user may see
+    these rows (pid, database, application_name): no grant is needed.
+    """
+    row = conn.execute(
+        "SELECT pg_postmaster_start_time()::text, ARRAY(SELECT coalesce(r.application_name, '') "
+        "FROM pg_stat_replication r JOIN pg_stat_activity a USING (pid) WHERE a.datid IS NULL ORDER BY 1)"
+    ).fetchone()
+    assert row is not None
+    return str(row[0]), list(row[1])
+
+
 def job_user(conn: psycopg.Connection) -> tuple[str, str]:
     row = conn.execute("SELECT session_user::text, current_user::text").fetchone()
     assert row is not None
