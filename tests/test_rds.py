@@ -11,7 +11,7 @@ with ``dag.test()``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +88,7 @@ def test_logins_and_sessions_on_any_replica_keep_roles_active(
     pg_standby: PgCluster,
     tmp_path: Path,
     airflow_db: None,
-    capfd: pytest.CaptureFixture[str],
+    task_log: Callable[[], str],
 ) -> None:
     sc, r1 = scenario, pg_standby
     h = DagHarness(sc, tmp_path, db_instance=PRIMARY)
@@ -146,8 +146,7 @@ def test_logins_and_sessions_on_any_replica_keep_roles_active(
     assert set(marks) == {PRIMARY, R1, R2, f"{EU_REGION}/{EU}"}
     assert all(m[0] is not None for m in marks.values()), marks  # each one's connection events read
     assert marks[f"{EU_REGION}/{EU}"][1:] == (instance_group_name(EU), EU_REGION, None)  # every stream
-    out = capfd.readouterr()
-    text = out.out + out.err
+    text = task_log()
     assert f"read replica {EU} ({EU_REGION})" in text and f"{R2} ({HOME}, replica of {R1})" in text
     # the alert and the status page name the instances read
     [alert] = h.messages()
@@ -167,7 +166,7 @@ def test_logins_and_sessions_on_any_replica_keep_roles_active(
 )
 @pytest.mark.parametrize("broken", ["export off", "no log group", "unreachable"])
 def test_a_replica_that_cannot_be_read_refuses_lock_and_drop(
-    scenario: Scenario, tmp_path: Path, airflow_db: None, broken: str, capfd: pytest.CaptureFixture[str]
+    scenario: Scenario, tmp_path: Path, airflow_db: None, broken: str, task_log: Callable[[], str]
 ) -> None:
     sc = scenario
     h = DagHarness(sc, tmp_path, db_instance=PRIMARY)
@@ -189,8 +188,7 @@ def test_a_replica_that_cannot_be_read_refuses_lock_and_drop(
     assert states["lock_users"] != "success" and states["delete_users"] != "success", states
     assert sc.role("idle")["can_login"] is True  # type: ignore[index]
     assert sc.statuses()["idle"]["status"] == "Active"
-    out = capfd.readouterr()
-    text = out.out + out.err
+    text = task_log()
     expected = {
         "export off": f"instance guard: {R1}: does not export its PostgreSQL log to CloudWatch Logs",
         "no log group": f"CloudWatch log group '{instance_group_name(R1)}' not found in region {HOME}: "
@@ -204,7 +202,7 @@ def test_a_replica_that_cannot_be_read_refuses_lock_and_drop(
 
 @pytest.mark.single_pg_version("the subject is RDS's description of the instance, not PostgreSQL")
 def test_a_replica_or_an_instance_without_export_is_refused_as_the_target(
-    scenario: Scenario, tmp_path: Path, airflow_db: None, capfd: pytest.CaptureFixture[str]
+    scenario: Scenario, tmp_path: Path, airflow_db: None, task_log: Callable[[], str]
 ) -> None:
     sc = scenario
     h = DagHarness(sc, tmp_path, db_instance=PRIMARY)
@@ -212,11 +210,11 @@ def test_a_replica_or_an_instance_without_export_is_refused_as_the_target(
     h.write_config(db_instance_id=R1, instance_endpoints=None)
     states = h.run(dag_id="inactive_users__test_rds_r1")
     assert states["preflight"] == "failed", states
-    out = capfd.readouterr()
+    text = task_log()
     assert (
         f"DB instance '{R1}' is a read replica of '{PRIMARY}' ({HOME}): its roles are the source's, and "
         f"read-only here. Configure db_instance_id: {PRIMARY} (region_name: {HOME}) instead"
-    ) in out.out + out.err
+    ) in text
 
     h.rds.modify_db_instance(
         DBInstanceIdentifier=PRIMARY, CloudwatchLogsExportConfiguration={"DisableLogTypes": ["postgresql"]}
@@ -224,25 +222,24 @@ def test_a_replica_or_an_instance_without_export_is_refused_as_the_target(
     h.write_config()
     states = h.run()
     assert states["preflight"] == "failed", states
-    out = capfd.readouterr()
+    text = task_log()
     assert (
         f"DB instance '{PRIMARY}' does not export its PostgreSQL log to CloudWatch Logs "
         f"(EnabledCloudwatchLogsExports=[]), so its logins cannot be read. Fix: aws rds "
         f"modify-db-instance --region {HOME} --db-instance-identifier {PRIMARY}"
-    ) in out.out + out.err
+    ) in text
 
 
 @pytest.mark.single_pg_version(
     "replicas come and go in RDS's description; the standby is the same on every version"
 )
 def test_a_replica_added_between_runs_is_read_and_a_removed_one_is_read_a_last_time(
-    scenario: Scenario, pg_standby: PgCluster, tmp_path: Path, airflow_db: None
+    scenario: Scenario, tmp_path: Path, airflow_db: None
 ) -> None:
-    sc, standby = scenario, pg_standby
+    sc = scenario
     h = DagHarness(sc, tmp_path, db_instance=PRIMARY)
-    seed(sc, [standby], {"only_on_new": 10, "last_on_removed": 10, "idle": 120})
+    seed(sc, [], {"only_on_new": 10, "last_on_removed": 10, "idle": 120})
     here = endpoint(sc.pg)
-    h.write_config(instance_endpoints={PRIMARY: here, R1: endpoint(standby)})
     assert sc.login("postgres", password=sc.pg.password)
     ship(sc, PRIMARY)
     states = h.run()  # no replica yet
@@ -250,23 +247,26 @@ def test_a_replica_added_between_runs_is_read_and_a_removed_one_is_read_a_last_t
     assert set(watermarks(sc)) == {PRIMARY}
     assert sc.statuses()["idle"]["status"] == "Locked"
 
-    # a replica is created; a role logs in there only, before the next run; no config change
-    create_read_replica(h.rds, R1, PRIMARY, exports=["postgresql"])
-    sc.skip_log(standby)
-    log_in(standby, "only_on_new")
-    assert ship(sc, R1, standby) > 0
-    assert sc.login("postgres", password=sc.pg.password)
-    ship(sc, PRIMARY)
-    sc.set_last_login("only_on_new", 120)  # as the state says: its only login since is on the replica
-    states = h.run()
-    assert states["report"] == "success", states
-    assert set(watermarks(sc)) == {PRIMARY, R1}
-    assert sc.statuses()["only_on_new"]["status"] == "Active"
-    assert sc.role("only_on_new")["can_login"] is True  # type: ignore[index]
+    with running_standby(sc.pg) as standby:
+        # a replica is created; a role logs in there only, before the next run. The config names
+        # no replica; only where this test's server listens (moto's endpoints answer nowhere)
+        create_read_replica(h.rds, R1, PRIMARY, exports=["postgresql"])
+        h.write_config(instance_endpoints={PRIMARY: here, R1: endpoint(standby)})
+        sc.skip_log(standby)
+        log_in(standby, "only_on_new")
+        assert ship(sc, R1, standby) > 0
+        assert sc.login("postgres", password=sc.pg.password)
+        ship(sc, PRIMARY)
+        sc.set_last_login("only_on_new", 120)  # as the state says: its only login since is on the replica
+        states = h.run()
+        assert states["report"] == "success", states
+        assert set(watermarks(sc)) == {PRIMARY, R1}
+        assert sc.statuses()["only_on_new"]["status"] == "Active"
+        assert sc.role("only_on_new")["can_login"] is True  # type: ignore[index]
 
-    # a role logs in on the replica, which is then deleted before the next run
-    log_in(standby, "last_on_removed")
-    assert ship(sc, R1, standby) > 0
+        # a role logs in on the replica, which is then deleted before the next run
+        log_in(standby, "last_on_removed")
+        assert ship(sc, R1, standby) > 0
     h.rds.delete_db_instance(DBInstanceIdentifier=R1, SkipFinalSnapshot=True)
     assert sc.login("postgres", password=sc.pg.password)
     ship(sc, PRIMARY)
@@ -286,7 +286,7 @@ def test_a_replica_added_between_runs_is_read_and_a_removed_one_is_read_a_last_t
 
 @pytest.mark.single_pg_version("a removed replica's log group is AWS's; PostgreSQL is not the subject")
 def test_a_removed_replica_whose_log_is_gone_refuses_until_overridden(
-    scenario: Scenario, tmp_path: Path, airflow_db: None, capfd: pytest.CaptureFixture[str]
+    scenario: Scenario, tmp_path: Path, airflow_db: None, task_log: Callable[[], str]
 ) -> None:
     sc = scenario
     h = DagHarness(sc, tmp_path, db_instance=PRIMARY)
@@ -315,8 +315,8 @@ def test_a_removed_replica_whose_log_is_gone_refuses_until_overridden(
     )
     assert gap and f"{R1}: left the topology, and its log after" in gap[0][0]
     assert "could not be read (LogSourceError: CloudWatch log group" in gap[0][0]
-    out = capfd.readouterr()
-    assert f"retention guard: {R1}: left the topology" in out.out + out.err
+    text = task_log()
+    assert f"retention guard: {R1}: left the topology" in text
 
     # a DBA accepts it: the row goes with a history row saying so, and the run acts
     states = h.run({"override_retention": True})

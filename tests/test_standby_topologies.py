@@ -6,6 +6,7 @@ standby (``pg_basebackup -R``); a role that logs in only on a standby is never l
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -30,7 +31,7 @@ def test_a_multi_az_db_cluster_reads_every_member(
     pg_standby: PgCluster,
     tmp_path: Path,
     airflow_db: None,
-    capfd: pytest.CaptureFixture[str],
+    task_log: Callable[[], str],
 ) -> None:
     sc, reader = scenario, pg_standby
     h = DagHarness(sc, tmp_path)
@@ -86,9 +87,9 @@ def test_a_multi_az_db_cluster_reads_every_member(
     assert sc.role("only_on_reader")["can_login"] is True  # type: ignore[index]
     marks = {r[0] for r in sc.sql("SELECT instance_name FROM inactive_users.user_login_job_status")}
     assert marks == set(MAZ_INSTANCES)
-    out = capfd.readouterr()
-    assert f"Multi-AZ DB cluster {MAZ}: instances {MAZ_INSTANCES}" in out.out + out.err
-    assert "mazmaster" in out.out + out.err  # the cluster's master user is excluded
+    text = task_log()
+    assert f"Multi-AZ DB cluster {MAZ}: instances {MAZ_INSTANCES}" in text
+    assert "mazmaster" in text  # the cluster's master user is excluded
 
 
 def test_a_self_managed_standby_shipped_to_its_own_log_group(
@@ -135,7 +136,7 @@ def test_a_self_managed_standby_shipped_to_its_own_log_group(
 
 @pytest.mark.single_pg_version("the subject is the log group's retention, not PostgreSQL")
 def test_a_standby_added_later_is_read_back_as_far_as_a_login_counts_or_refused(
-    scenario: Scenario, tmp_path: Path, airflow_db: None, capfd: pytest.CaptureFixture[str]
+    scenario: Scenario, tmp_path: Path, airflow_db: None, task_log: Callable[[], str]
 ) -> None:
     sc = scenario
     h = DagHarness(sc, tmp_path)
@@ -165,11 +166,11 @@ def test_a_standby_added_later_is_read_back_as_far_as_a_login_counts_or_refused(
     states = h.run(dag_id="inactive_users__test_selfmanaged")
     assert states["ingest_logins"] == "success" and states["plan"] == "failed", states
     assert sc.role("idle")["can_login"] is True  # type: ignore[index]
-    out = capfd.readouterr()
+    text = task_log()
     assert (
         "retention guard: pg-standby: read for the first time, but log group /postgres/pg-standby keeps "
         "events for 7 days"
-    ) in out.out + out.err
+    ) in text
 
     states = h.run({"override_retention": True}, dag_id="inactive_users__test_selfmanaged")
     assert states["report"] == "success", states
@@ -181,7 +182,7 @@ def test_a_standby_the_config_leaves_out_refuses_lock_and_drop(
     pg_standby: PgCluster,
     tmp_path: Path,
     airflow_db: None,
-    capfd: pytest.CaptureFixture[str],
+    task_log: Callable[[], str],
 ) -> None:
     """The wrong action this guard stops: an RDS primary configured the way the README's manual path
     once described (instances, log_group, master_user), with a read replica the config does not
@@ -208,11 +209,11 @@ def test_a_standby_the_config_leaves_out_refuses_lock_and_drop(
     assert states["ingest_logins"] == "success" and states["plan"] == "failed", states
     assert sc.role("daily_on_replica")["can_login"] is True  # type: ignore[index]
     assert sc.role("idle")["can_login"] is True  # type: ignore[index]
-    out = capfd.readouterr()
+    text = task_log()
     assert (
         "standby guard: test-rds sends its WAL to 1 ('walreceiver'): 1 physical standby(s) in all, but "
         "the job reads 1 instance(s)"
-    ) in out.out + out.err
+    ) in text
 
     # the standby listed with where its log is: its logins count, and the run acts
     manual["instances"] = [
