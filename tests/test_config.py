@@ -404,7 +404,10 @@ RDS = {"db_instance_id": "orders-db", "postgres_conn_id": "orders_pg"}
         ({**RDS, "read_replicas": [{"db_instance_id": "r1", "port": 1}]}, "unknown key(s) ['port']"),
         ({**RDS, "read_replicas": [{"db_instance_id": "r1"}] * 2}, "read_replicas[2]: 'r1' is listed twice"),
         ({**RDS, "read_replicas": "r1"}, "read_replicas must be list or null, got 'r1'"),
-        ({**RDS, "log_group": "no spaces please"}, "log_group 'no spaces please' is not a CloudWatch Logs"),
+        (
+            {**RDS, "log_group": "no spaces please"},
+            "log_group must be a CloudWatch Logs log group name, got 'no spaces please'",
+        ),
         ({**ENTRY, "instances": [{"name": "a", "host": "x"}]}, "instances[1]: unknown key(s) ['host']"),
         ({**ENTRY, "instances": [{"log_group": "/pg/a"}]}, "instances[1]: name must be the instance's name"),
         ({**ENTRY, "instances": [{"name": "a", "log_stream": "a:b"}]}, "log_stream must be a CloudWatch"),

@@ -15,15 +15,10 @@ import pytest
 from devstack.pgcluster import PgCluster, running_standby
 from tests.dagrun import DagHarness
 from tests.scenario import ROLE_PASSWORD, Scenario
-from tests.test_rds import endpoint, seed
+from tests.test_rds import endpoint, log_in, seed
 
 MAZ = "test-maz"
 MAZ_INSTANCES = [f"{MAZ}-instance-{i}" for i in (1, 2, 3)]  # the writer first
-
-
-def log_in(server: PgCluster, user: str) -> None:
-    with psycopg.connect(server.dsn(user=user, password=ROLE_PASSWORD), connect_timeout=5):
-        pass
 
 
 def test_a_multi_az_db_cluster_reads_every_member(

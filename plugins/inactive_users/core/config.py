@@ -353,9 +353,7 @@ def parse_cluster(entry: object, defaults: Mapping[str, Any], label: str) -> Clu
     pool = merged.get("ingest_pool")
     if pool is not None and not pool.strip():
         raise ConfigError(f"{label}: ingest_pool must be an Airflow pool name or null, got {pool!r}")
-    log_group = merged.get("log_group")
-    if log_group is not None and not _LOG_GROUP.fullmatch(log_group):
-        raise ConfigError(f"{label}: log_group {log_group!r} is not a CloudWatch Logs log group name")
+    log_group = _log_group(label, merged.get("log_group"))
     return ClusterConfig(
         cluster_id=ident,
         kind=kind,
@@ -428,14 +426,11 @@ def _instances(
                 f"{where} must be an instance name or a mapping with name, log_group and log_stream, "
                 f"got {item!r}"
             )
-        unknown = sorted(set(item) - set(INSTANCE_KEYS))
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {unknown} (allowed: {', '.join(INSTANCE_KEYS)})")
-        name, group, stream = item.get("name"), item.get("log_group"), item.get("log_stream")
+        item = _entry(where, item, INSTANCE_KEYS, "name")
+        name, stream = item.get("name"), item.get("log_stream")
         if not isinstance(name, str) or not name:
             raise ConfigError(f"{where}: name must be the instance's name, got {name!r}")
-        if group is not None and (not isinstance(group, str) or not _LOG_GROUP.fullmatch(group)):
-            raise ConfigError(f"{where}: log_group must be a CloudWatch Logs log group name, got {group!r}")
+        group = _log_group(where, item.get("log_group"))
         if stream is not None and (not isinstance(stream, str) or not _LOG_STREAM.fullmatch(stream)):
             raise ConfigError(
                 f"{where}: log_stream must be a CloudWatch Logs log stream name (no ':' or '*'), "
@@ -475,20 +470,12 @@ def _replicas(label: str, raw: list[Any] | None) -> tuple[ReadReplica, ...] | No
     found: list[ReadReplica] = []
     for i, entry in enumerate(raw, start=1):
         where = f"{label}: read_replicas[{i}]"
-        if not isinstance(entry, dict):
-            raise ConfigError(f"{where} must be a mapping with db_instance_id and region_name, got {entry!r}")
-        unknown = sorted(set(entry) - set(REPLICA_KEYS))
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {unknown} (allowed: {', '.join(REPLICA_KEYS)})")
-        iid, region, group = entry.get("db_instance_id"), entry.get("region_name"), entry.get("log_group")
+        entry = _entry(where, entry, REPLICA_KEYS, "db_instance_id and region_name")
+        iid = entry.get("db_instance_id")
         if not isinstance(iid, str) or not _CLUSTER_ID.fullmatch(iid):
             raise ConfigError(f"{where}: db_instance_id must be a DB instance identifier, got {iid!r}")
-        if region is not None and (not isinstance(region, str) or not _REGION.fullmatch(region)):
-            raise ConfigError(
-                f"{where}: region_name must be an AWS region such as 'eu-west-1', got {region!r}"
-            )
-        if group is not None and (not isinstance(group, str) or not _LOG_GROUP.fullmatch(group)):
-            raise ConfigError(f"{where}: log_group must be a CloudWatch Logs log group name, got {group!r}")
+        region = None if entry.get("region_name") is None else _region(where, entry["region_name"])
+        group = _log_group(where, entry.get("log_group"))
         if any(r.db_instance_id == iid and r.region_name == region for r in found):
             raise ConfigError(f"{where}: {iid!r} is listed twice")
         found.append(ReadReplica(iid, region, group))
@@ -513,6 +500,28 @@ def _endpoints(label: str, key: str, raw: Mapping[str, Any] | None) -> dict[str,
     return found
 
 
+def _entry(where: str, entry: object, allowed: tuple[str, ...], needs: str) -> dict[str, Any]:
+    """One mapping of a list in the config, with only ``allowed`` keys."""
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where} must be a mapping with {needs}, got {entry!r}")
+    unknown = sorted(set(entry) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown} (allowed: {', '.join(allowed)})")
+    return entry
+
+
+def _region(where: str, value: object) -> str:
+    if not isinstance(value, str) or not _REGION.fullmatch(value):
+        raise ConfigError(f"{where}: region_name must be an AWS region such as 'eu-west-1', got {value!r}")
+    return value
+
+
+def _log_group(where: str, value: object) -> str | None:
+    if value is not None and (not isinstance(value, str) or not _LOG_GROUP.fullmatch(value)):
+        raise ConfigError(f"{where}: log_group must be a CloudWatch Logs log group name, got {value!r}")
+    return value
+
+
 def _secondaries(label: str, raw: list[Any] | None) -> tuple[SecondaryCluster, ...] | None:
     """The secondaries listed by the DBA (an empty list: this cluster has none, do not ask AWS)."""
     if raw is None:
@@ -520,21 +529,12 @@ def _secondaries(label: str, raw: list[Any] | None) -> tuple[SecondaryCluster, .
     found = []
     for i, entry in enumerate(raw, start=1):
         where = f"{label}: global_secondaries[{i}]"
-        if not isinstance(entry, dict):
-            raise ConfigError(f"{where} must be a mapping with cluster_id and region_name, got {entry!r}")
-        unknown = sorted(set(entry) - set(SECONDARY_KEYS))
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {unknown} (allowed: {', '.join(SECONDARY_KEYS)})")
-        cid, region = entry.get("cluster_id"), entry.get("region_name")
+        entry = _entry(where, entry, SECONDARY_KEYS, "cluster_id and region_name")
+        cid = entry.get("cluster_id")
         if not isinstance(cid, str) or not _CLUSTER_ID.fullmatch(cid):
             raise ConfigError(f"{where}: cluster_id must be a DB cluster identifier, got {cid!r}")
-        if not isinstance(region, str) or not _REGION.fullmatch(region):
-            raise ConfigError(
-                f"{where}: region_name must be an AWS region such as 'eu-west-1', got {region!r}"
-            )
-        group = entry.get("log_group")
-        if group is not None and (not isinstance(group, str) or not group.startswith("/")):
-            raise ConfigError(f"{where}: log_group must be a log group name starting with '/', got {group!r}")
+        region = _region(where, entry.get("region_name"))
+        group = _log_group(where, entry.get("log_group"))
         endpoints = entry.get("instance_endpoints")
         if endpoints is not None and not isinstance(endpoints, dict):
             raise ConfigError(f"{where}: instance_endpoints must be a mapping, got {endpoints!r}")
