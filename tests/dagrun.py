@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from devstack.awsfixtures import alert_topic_with_queue, create_aurora, drain_al
 from tests.scenario import Scenario
 
 MASTER = "clustermaster"
+PARSING_CONTEXT_DAG_ID = "_AIRFLOW_PARSING_CONTEXT_DAG_ID"
 
 
 class DagHarness:
@@ -70,7 +72,15 @@ class DagHarness:
         """One DAG run; returns each task's final state."""
         from airflow.sdk import timezone
 
-        dr = self.dag(dag_id).test(run_conf=conf, logical_date=timezone.utcnow())
+        # Airflow 3.1's dag.test() leaves _AIRFLOW_PARSING_CONTEXT_DAG_ID set in this process (its
+        # parsing context restores only a value that was there before), so a later parse in this
+        # test process would build that one DAG only: put the variable back as it was.
+        before = os.environ.get(PARSING_CONTEXT_DAG_ID)
+        try:
+            dr = self.dag(dag_id).test(run_conf=conf, logical_date=timezone.utcnow())
+        finally:
+            if before is None:
+                os.environ.pop(PARSING_CONTEXT_DAG_ID, None)
         return {ti.task_id: str(ti.state) for ti in dr.get_task_instances()}
 
     def messages(self) -> list[dict[str, str]]:
