@@ -38,6 +38,9 @@ COMPAT_MINORS := 3.1 3.2
 COMPAT_DIR := .venv-compat
 COMPAT_STAMPS := $(COMPAT_MINORS:%=$(COMPAT_DIR)/%/.installed)
 COMPAT_PYTEST_ARGS ?= -n 3 --durations=10
+# the files with tests marked "compat" (tests/test_package.py checks the list is complete)
+COMPAT_TESTS := tests/test_package.py tests/test_dagbag.py tests/test_dag_e2e.py tests/test_dag_approval.py \
+	tests/test_live_approval.py tests/test_status_page.py tests/test_installed_wheel.py
 
 export UV_NO_PROGRESS := 1
 
@@ -113,7 +116,7 @@ test-compat: $(COMPAT_STAMPS)
 	@for minor in $(COMPAT_MINORS); do \
 		echo "==> pytest -m compat on Airflow $$minor ($(COMPAT_DIR)/$$minor) $(COMPAT_PYTEST_ARGS)"; \
 		$(COMPAT_DIR)/$$minor/bin/python -m pytest -p no:cacheprovider -m compat --pg-newest-only \
-			$(COMPAT_PYTEST_ARGS) || exit $$?; \
+			$(COMPAT_PYTEST_ARGS) $(COMPAT_TESTS) || exit $$?; \
 	done
 
 # --- the package ------------------------------------------------------------

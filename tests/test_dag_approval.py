@@ -12,7 +12,10 @@ from devstack.stories import seed_last_login
 from tests.dagrun import DagHarness
 from tests.scenario import Scenario
 
-pytestmark = pytest.mark.single_pg_version("the subject is the DAG's approval flow, not PostgreSQL")
+pytestmark = [
+    pytest.mark.single_pg_version("the subject is the DAG's approval flow, not PostgreSQL"),
+    pytest.mark.compat,
+]
 
 
 def stage(sc: Scenario, h: DagHarness, roles: dict[str, int]) -> None:

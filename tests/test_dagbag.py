@@ -15,6 +15,8 @@ from inactive_users.core.config import ClusterConfig, load
 from inactive_users.face.compat import AIRFLOW_V_3_2_PLUS
 from inactive_users.face.dag_factory import TASK_IDS, build_dag, build_dags, params_for
 
+pytestmark = pytest.mark.compat
+
 DAGS = Path(__file__).resolve().parents[1] / "dags"
 
 EDGES = {

@@ -83,11 +83,11 @@ def hitl_path(run_id: str) -> str:
 def wait_for_question(af: LiveAirflow, run_id: str) -> dict[str, Any]:
     """The approval request, once the task waits for it to be answered (as the UI lists it).
 
-    On Airflow 3.3 it then waits, as a person reading it would, until the scheduler has taken in
-    the executor's report that the task process parked and exited: in Airflow 3.3.2 an answer that
+    Then, as a person reading it would, it waits until the scheduler has taken in the executor's
+    report that the task process parked (3.3) or deferred (3.1, 3.2) and exited: an answer that
     lands before that report is read makes the scheduler fail the task ("state changed
-    externally"). Nothing is dropped then, but the run fails; README says so. In 3.1 and 3.2 the
-    task is deferred to the triggerer, whose trigger reads the answer whenever it lands.
+    externally" on 3.3.2; on 3.1.8 a quick answer failed the task too). Nothing is dropped then,
+    but the run fails; README says so.
     """
 
     def asked() -> dict[str, Any] | None:
@@ -98,8 +98,7 @@ def wait_for_question(af: LiveAirflow, run_id: str) -> dict[str, Any]:
         return dict(got.json())
 
     question = dict(af.poll(f"{TASK} {HITL_WAIT_STATE}", asked, timeout=240))
-    ti_id = question["task_instance"]["id"]
-    parked = f"ti_id={ti_id}"
+    parked = f"task_id={TASK}, run_id={run_id},"  # the same words in 3.1, 3.2 and 3.3
 
     def reported() -> bool:
         log = af.log_path("scheduler").read_text(errors="replace")
@@ -108,8 +107,7 @@ def wait_for_question(af: LiveAirflow, run_id: str) -> dict[str, Any]:
             for line in log.splitlines()
         )
 
-    if HITL_WAIT_STATE == "awaiting_input":  # a deferred task's trigger reads the answer whenever
-        af.poll("the scheduler to read that the task parked", reported, timeout=60)
+    af.poll("the scheduler to read that the task parked", reported, timeout=60)
     return question
 
 

@@ -162,6 +162,15 @@ def test_each_older_minor_pins_its_newest_release_and_our_versions_of_the_rest(m
     assert re.search(rf"^COMPAT_MINORS := .*\b{re.escape(minor)}\b", makefile, flags=re.M)
 
 
+def test_make_test_compat_collects_every_file_with_compat_tests() -> None:
+    makefile = (ROOT / "Makefile").read_text().replace("\\\n", " ")
+    [listed] = re.findall(r"^COMPAT_TESTS := (.*)$", makefile, flags=re.M)
+    marked = {
+        f"tests/{p.name}" for p in (ROOT / "tests").glob("test_*.py") if "pytest.mark.compat" in p.read_text()
+    }
+    assert set(listed.split()) == marked
+
+
 def test_the_running_airflow_is_a_supported_one() -> None:
     assert compat.MINIMUM_AIRFLOW <= compat.AIRFLOW_VERSION.release[:2] < (3, 4)
 
