@@ -39,8 +39,8 @@ COMPAT_DIR := .venv-compat
 COMPAT_STAMPS := $(COMPAT_MINORS:%=$(COMPAT_DIR)/%/.installed)
 COMPAT_PYTEST_ARGS ?= -n 3 --durations=10
 # the files with tests marked "compat" (tests/test_package.py checks the list is complete)
-COMPAT_TESTS := tests/test_package.py tests/test_dagbag.py tests/test_dag_e2e.py tests/test_dag_approval.py \
-	tests/test_live_approval.py tests/test_status_page.py tests/test_installed_wheel.py
+COMPAT_TESTS := tests/test_package.py tests/test_dagbag.py tests/test_dag_e2e.py tests/test_live_approval.py \
+	tests/test_status_page.py tests/test_installed_wheel.py
 
 export UV_NO_PROGRESS := 1
 

@@ -12,10 +12,7 @@ from devstack.stories import seed_last_login
 from tests.dagrun import DagHarness
 from tests.scenario import Scenario
 
-pytestmark = [
-    pytest.mark.single_pg_version("the subject is the DAG's approval flow, not PostgreSQL"),
-    pytest.mark.compat,
-]
+pytestmark = pytest.mark.single_pg_version("the subject is the DAG's approval flow, not PostgreSQL")
 
 
 def stage(sc: Scenario, h: DagHarness, roles: dict[str, int]) -> None:
