@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from devstack.awsfixtures import alert_topic_with_queue, create_aurora, drain_alerts
+from tests.inprocess_api import wait_for_lifespan
 from tests.scenario import Scenario
 
 MASTER = "clustermaster"
@@ -75,6 +76,7 @@ class DagHarness:
         # Airflow 3.1's dag.test() leaves _AIRFLOW_PARSING_CONTEXT_DAG_ID set in this process (its
         # parsing context restores only a value that was there before), so a later parse in this
         # test process would build that one DAG only: put the variable back as it was.
+        wait_for_lifespan()
         before = os.environ.get(PARSING_CONTEXT_DAG_ID)
         try:
             dr = self.dag(dag_id).test(run_conf=conf, logical_date=timezone.utcnow())

@@ -138,7 +138,7 @@ def stage(
                 }
             )
             setup += [
-                ["teams", "sync"],  # team dba, from the bundle
+                ["teams", "create", "dba"],  # the bundle's team
                 ["teams", "create", "other"],  # the outsider's team: no DAGs
             ]
         setup.append(["dags", "reserialize"])  # the DAGs, for the auth manager; no dag-processor
