@@ -22,6 +22,8 @@ os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parents[1] / "dags")
 os.environ["INACTIVE_USERS_CONFIG"] = str(_AIRFLOW_HOME / "no-config-yet.yaml")
 os.environ.pop("AWS_PROFILE", None)
+# dag.test()'s in-process execution API needs one (Airflow 3.1 and 3.2 fail a run's first task without)
+os.environ.setdefault("AIRFLOW__API_AUTH__JWT_SECRET", "iu-test-session-jwt-secret-0123456789")
 
 import pytest
 

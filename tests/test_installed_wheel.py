@@ -5,24 +5,26 @@ test-compat 3.1 and 3.2.
 Nothing of the checkout is on the fresh venv's path: it gets the wheel and Airflow with its
 providers from the minor's constraints, and every command runs from a temporary folder without
 PYTHONPATH. There Airflow lists the provider and the plugin, parses a DAG file copied from the
-packaged example with the YAML beside it, and runs the DAG end to end (``airflow dags test``)
-against a real PostgreSQL and the moto server.
+packaged example with the YAML beside it; then the fresh venv's api-server, scheduler and
+dag-processor list the DAG, run it end to end against a real PostgreSQL and the moto server, and
+serve the plugin's page with what the run did (who may see it: tests/test_status_page.py).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 import inactive_users
+from devstack.liveairflow import LiveAirflow
 from devstack.stories import seed_last_login
 from inactive_users.face.compat import AIRFLOW_VERSION
 from tests.dagrun import DagHarness
@@ -67,6 +69,7 @@ class FreshAirflow:
                 "AIRFLOW_HOME": str(self.home),
                 "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags),
                 "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                "AIRFLOW__API_AUTH__JWT_SECRET": "iu-fresh-venv-jwt-secret-0123456789",
                 "PATH": f"{self.venv / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
             }
         )
@@ -178,21 +181,21 @@ def test_the_wheel_installs_lists_parses_and_runs_without_the_checkout(
     conns = {k: v for k, v in os.environ.items() if k.startswith("AIRFLOW_CONN_IU_")}
     assert set(conns) == {"AIRFLOW_CONN_IU_PG", "AIRFLOW_CONN_IU_AWS"}
 
-    fresh.airflow("db", "migrate")
-    fresh.airflow("dags", "reserialize", env=conns)  # what the dag-processor does
-    listed = json_of(fresh.airflow("dags", "list", "--output", "json", env=conns))
-    assert [d["dag_id"] for d in listed] == [DAG_ID], listed
-    errors = fresh.airflow("dags", "list-import-errors", "--output", "json", env=conns)
-    assert "inactive_users" not in errors, errors
-
-    # `airflow dags test`, run by the CLI's own main() with the in-process API's start awaited
-    # (tests/inprocess_api.py: Airflow 3.1 and 3.2 race there), from a copy of that one file
-    shutil.copy(ROOT / "tests" / "inprocess_api.py", tmp_path / "inprocess_api.py")
-    out = fresh.run_tool(
-        [str(fresh.venv / "bin" / "python"), "inprocess_api.py", "dags", "test", DAG_ID], env=conns
-    )
-    runs = json_of(fresh.airflow("dags", "list-runs", DAG_ID, "--output", "json"))
-    assert [r["state"] for r in runs] == ["success"], out[-3000:]
+    # the user's Airflow: api-server, scheduler and dag-processor of the fresh venv (LocalExecutor)
+    airflow = fresh.venv / "bin" / "airflow"
+    components = ("api-server", "scheduler", "dag-processor")
+    with LiveAirflow(tmp_path / "live", {**fresh.env, **conns}, airflow=airflow, components=components) as af:
+        af.wait_for_dag(DAG_ID)  # the dag-processor parsed the copied DAG file: the DAG is listed
+        assert af.api("GET", "importErrors").json()["total_entries"] == 0
+        ours = [p for p in af.api("GET", "plugins").json()["plugins"] if p["name"] == "inactive_users"]
+        assert ours and ours[0]["external_views"], ours  # the plugin, from the wheel
+        page = f"{af.base_url}/inactive-users/api/clusters/{sc.cluster_id}/roles"
+        run_id = af.trigger(DAG_ID)
+        state = af.wait_for_run(DAG_ID, run_id, timeout=300)
+        assert state == "success", af.task_states(DAG_ID, run_id)
+        auth = {"Authorization": f"Bearer {af.token()}"}
+        roles = httpx.get(page, headers=auth, trust_env=False, timeout=30)
+        assert roles.status_code == 200 and roles.json()["counts"]["Locked"] == 1, roles.text
     st = sc.statuses()
     assert st["idle100"]["status"] == "Locked" and sc.role("idle100")["can_login"] is False  # type: ignore[index]
     assert sc.role("gone200") is None and "gone200" not in st
