@@ -5,10 +5,13 @@
 #   make lint         ruff check + ruff format --check
 #   make typecheck    mypy
 #   make test         venv, lint, typecheck, then pytest
+#   make test-compat  the compat tests (pytest -m compat) on each older Airflow minor, one venv each
+#   make dist         build the sdist and wheel into dist/ (PEP 517, uv build)
 #   make demo         run the local demo (python -m devstack.demo)
 #   make ui           the demo's stage in a local Airflow UI until Ctrl-C (python -m devstack.ui)
 #   make bench        run every bench/bench_*.py
 #   make constraints  re-resolve constraints.txt from requirements-dev.txt (UPGRADE=1 to bump everything)
+#   make constraints-compat  re-resolve constraints/airflow-<minor>.txt (UPGRADE=1 to bump everything)
 #   make clean        remove .venv and caches
 
 SHELL := /bin/bash
@@ -29,10 +32,19 @@ LINT_PATHS := $(wildcard plugins dags devstack tests bench)
 # tests spend much of their time waiting on child processes): each worker has its own Airflow home, moto server and
 # PostgreSQL templates, and every server picks a free port. PYTEST_ARGS='-n 0' runs them serially.
 PYTEST_ARGS ?= -n 3 --durations=15
+# make test-compat: the older Airflow minors, each in .venv-compat/<minor> pinned by
+# constraints/airflow-<minor>.txt; there only the tests marked "compat" run, on the newest PostgreSQL.
+COMPAT_MINORS := 3.1 3.2
+COMPAT_DIR := .venv-compat
+COMPAT_STAMPS := $(COMPAT_MINORS:%=$(COMPAT_DIR)/%/.installed)
+COMPAT_PYTEST_ARGS ?= -n 3 --durations=10
+# the files with tests marked "compat" (tests/test_package.py checks the list is complete)
+COMPAT_TESTS := tests/test_package.py tests/test_dagbag.py tests/test_dag_e2e.py tests/test_live_approval.py \
+	tests/test_status_page.py tests/test_installed_wheel.py
 
 export UV_NO_PROGRESS := 1
 
-.PHONY: help venv browser lint typecheck test demo ui bench constraints clean
+.PHONY: help venv browser lint typecheck test test-compat dist demo ui bench constraints constraints-compat clean
 
 help:
 	@sed -n 's/^#   \(make \)/\1/p' $(firstword $(MAKEFILE_LIST))
@@ -89,6 +101,32 @@ test: venv browser lint typecheck
 	@echo "==> pytest $(PYTEST_ARGS)"
 	$(VPY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
+# One venv per older Airflow minor: Python 3.11, its constraints file, the checkout in editable mode.
+$(COMPAT_DIR)/%/.installed: $(UV_STAMP) constraints/airflow-%.in constraints/airflow-%.txt pyproject.toml
+	@echo "==> $(COMPAT_DIR)/$*: Airflow $* (constraints/airflow-$*.txt)"
+	rm -rf $(COMPAT_DIR)/$*
+	$(PYTHON) -m venv $(COMPAT_DIR)/$*
+	$(UV) pip install --python $(COMPAT_DIR)/$*/bin/python \
+		-r constraints/airflow-$*.in -c constraints/airflow-$*.txt
+	$(UV) pip install --python $(COMPAT_DIR)/$*/bin/python --no-deps -e .
+	$(UV) pip check --python $(COMPAT_DIR)/$*/bin/python
+	touch $@
+
+test-compat: $(COMPAT_STAMPS)
+	@for minor in $(COMPAT_MINORS); do \
+		echo "==> pytest -m compat on Airflow $$minor ($(COMPAT_DIR)/$$minor) $(COMPAT_PYTEST_ARGS)"; \
+		$(COMPAT_DIR)/$$minor/bin/python -m pytest -p no:cacheprovider -m compat --pg-newest-only \
+			$(COMPAT_PYTEST_ARGS) $(COMPAT_TESTS) || exit $$?; \
+	done
+
+# --- the package ------------------------------------------------------------
+
+dist: $(UV_STAMP)
+	@echo "==> uv build: sdist and wheel into dist/"
+	rm -rf dist
+	$(UV) build --python $(VPY) --out-dir dist
+	@ls -1 dist
+
 # --- running things ---------------------------------------------------------
 
 demo: venv
@@ -134,10 +172,22 @@ constraints: $(UV_STAMP)
 	@mv constraints.txt.tmp constraints.txt
 	@echo "==> constraints.txt updated; run 'make venv' to apply"
 
+# Each older minor's set, resolved from its .in file preferring the pins already in its .txt
+# (first seeded from constraints.txt), so the minors share make test's versions where they can.
+constraints-compat: $(UV_STAMP)
+	@for minor in $(COMPAT_MINORS); do \
+		out=constraints/airflow-$$minor.txt; \
+		test -f $$out || grep -v '^ *#' constraints.txt > $$out; \
+		echo "==> resolving constraints/airflow-$$minor.in -> $$out"; \
+		$(UV) pip compile constraints/airflow-$$minor.in \
+			--python-version 3.11 --python-platform linux $(if $(UPGRADE),--upgrade) \
+			--custom-compile-command "make constraints-compat" -o $$out >/dev/null || exit $$?; \
+	done
+
 # --- housekeeping -----------------------------------------------------------
 
 clean:
 	@echo "==> removing $(VENV), build artifacts and caches"
-	rm -rf $(VENV) build dist plugins/*.egg-info *.egg-info \
+	rm -rf $(VENV) $(COMPAT_DIR) build dist plugins/*.egg-info *.egg-info \
 		.mypy_cache .ruff_cache .pytest_cache .hypothesis .airflow-test
 	find . -name __pycache__ -type d -not -path './$(VENV)/*' -prune -exec rm -rf {} +

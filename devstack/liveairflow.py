@@ -75,6 +75,7 @@ class LiveAirflow:
     ``AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS=False``, say). With ``CeleryExecutor`` a
     ``celery-worker`` runs too, on the machine's Redis under a key prefix and queue of its own.
     ``setup``: ``airflow`` CLI commands run after ``db migrate`` and before the components start.
+    ``airflow``: the ``airflow`` command to run (another venv's); this venv's by default.
     """
 
     def __init__(
@@ -88,6 +89,7 @@ class LiveAirflow:
         redis_url: str = "redis://127.0.0.1:6379/0",
         startup_timeout: float = 120.0,
         setup: Sequence[Sequence[str]] = (),
+        airflow: Path | None = None,
     ) -> None:
         unknown = set(components) - {*COMPONENTS, CELERY_WORKER}
         if unknown:
@@ -106,6 +108,8 @@ class LiveAirflow:
         self.redis_url = redis_url
         self.startup_timeout = startup_timeout
         self.setup = [list(args) for args in setup]  # airflow CLI commands after the migration
+        # the airflow command of another venv (an installed wheel's); default: this venv's
+        self.airflow = str(airflow or Path(sys.executable).parent / "airflow")
         self.run_key = f"iu-live-{uuid.uuid4().hex[:10]}"
         self.home = Path(env.get("AIRFLOW_HOME") or self.work / "airflow")
         self.log_dir = self.work / "logs"
@@ -247,7 +251,7 @@ class LiveAirflow:
     # -- processes -------------------------------------------------------------------------------
 
     def _command(self, name: str) -> list[str]:
-        airflow = str(Path(sys.executable).parent / "airflow")
+        airflow = self.airflow
         if name == "api-server":
             return [airflow, "api-server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
         if name == CELERY_WORKER:
@@ -280,7 +284,7 @@ class LiveAirflow:
             )
 
     def _run_once(self, args: list[str], name: str, timeout: float) -> None:
-        airflow = str(Path(sys.executable).parent / "airflow")
+        airflow = self.airflow
         with self.log_path(name).open("ab") as out:
             done = subprocess.run(
                 [airflow, *args],

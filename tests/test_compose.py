@@ -1,4 +1,5 @@
-"""docker-compose.yaml is consistent with the repo (Docker itself is not needed to check it)."""
+"""docker-compose.yaml and the Dockerfile are consistent with the repo (Docker itself is not needed
+to check them: there is no Docker daemon here, so neither is built or run by the tests)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ from typing import Any
 import pytest
 import yaml
 
+import inactive_users
 from devstack.pgcluster import AURORA_PREFIX
 from inactive_users.core.config import load
+from tests.distbuild import build_dist
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
 SERVICES = COMPOSE["services"]
 AIRFLOW_SERVICES = [
     "airflow-apiserver",
@@ -52,9 +56,13 @@ def test_the_official_layout_with_the_demo_parts() -> None:
     }
     for name in AIRFLOW_SERVICES:
         service = SERVICES[name]
-        assert service["image"] == "apache/airflow:3.3.2"
+        assert service["image"] == f"inactive-users-airflow:3.3.2-{inactive_users.__version__}"
+        assert service["build"] == {"context": ".", "args": {"AIRFLOW_IMAGE_TAG": "3.3.2"}}
         assert service["environment"]["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
-        assert {"./dags:/opt/airflow/dags", "./plugins:/opt/airflow/plugins"} <= set(service["volumes"])
+        assert "./dags:/opt/airflow/dags" in service["volumes"]
+        # the package comes from the image (the wheel), not from the checkout
+        assert not [v for v in service["volumes"] if v.startswith("./plugins")], name
+        assert "_PIP_ADDITIONAL_REQUIREMENTS" not in service["environment"]
     assert [SERVICES[s]["command"] for s in AIRFLOW_SERVICES[:4]] == [
         "api-server",
         "scheduler",
@@ -73,17 +81,35 @@ def test_every_mounted_path_exists() -> None:
                 assert host in COMPOSE["volumes"], f"{name} uses undeclared volume {host}"
 
 
+def dockerfile_args() -> dict[str, str]:
+    return dict(re.findall(r"^ARG (\w+)=(\S+)$", DOCKERFILE, flags=re.M))
+
+
+def test_the_dockerfile_extends_the_pinned_airflow_image_with_the_wheel_make_dist_builds() -> None:
+    req = pins(ROOT / "requirements.txt") | pins(ROOT / "constraints.txt")
+    args = dockerfile_args()
+    assert args["AIRFLOW_IMAGE_TAG"] == req["apache-airflow"]  # the Airflow make test runs
+    assert "FROM apache/airflow:${AIRFLOW_IMAGE_TAG}" in DOCKERFILE
+    for name in AIRFLOW_SERVICES:  # the compose file builds it from the same tag
+        assert SERVICES[name]["build"]["args"]["AIRFLOW_IMAGE_TAG"] == args["AIRFLOW_IMAGE_TAG"]
+        assert SERVICES[name]["image"].split(":")[1].startswith(args["AIRFLOW_IMAGE_TAG"] + "-")
+    assert args["INACTIVE_USERS_WHEEL"] == build_dist()["wheel"].name
+    assert "COPY dist/${INACTIVE_USERS_WHEEL} /tmp/" in DOCKERFILE
+    assert '"apache-airflow==${AIRFLOW_VERSION}"' in DOCKERFILE  # pip keeps the image's Airflow
+    installed = re.findall(r"^\s+(apache-airflow-providers-[a-z-]+)==(\S+)", DOCKERFILE, flags=re.M)
+    assert {n for n, _ in installed} == {
+        "apache-airflow-providers-amazon",
+        "apache-airflow-providers-postgres",
+        "apache-airflow-providers-standard",
+        "apache-airflow-providers-celery",
+    }
+    for name, version in installed:
+        assert req[name] == version, name
+    assert (ROOT / ".dockerignore").read_text().splitlines()[-2:] == ["*", "!dist/*.whl"]
+
+
 def test_pins_match_the_requirements() -> None:
     req = pins(ROOT / "requirements.txt") | pins(ROOT / "constraints.txt")
-    env = SERVICES["airflow-scheduler"]["environment"]
-    extra = env["_PIP_ADDITIONAL_REQUIREMENTS"].split()
-    for spec in extra:
-        name, version = re.sub(r"\[.*\]", "", spec).split("==")
-        assert req[name.lower()] == version, spec
-    assert (
-        f"apache-airflow=={SERVICES['airflow-init']['image'].split(':')[1]}"
-        in (ROOT / "requirements.txt").read_text()
-    )
     moto_cmd = " ".join(SERVICES["moto"]["command"])
     assert f"moto[server]=={req['moto']}" in moto_cmd
     shipper_cmd = " ".join(SERVICES["log-shipper"]["command"])
@@ -175,12 +201,11 @@ def test_the_celery_layout_overrides_only_the_executor() -> None:
     assert over["airflow-worker"]["depends_on"]["redis"]["condition"] == "service_healthy"
 
 
-def test_the_celery_layout_pins_the_providers_of_the_requirements() -> None:
-    req = pins(ROOT / "requirements.txt") | pins(ROOT / "constraints.txt")
-    base = SERVICES["airflow-scheduler"]["environment"]["_PIP_ADDITIONAL_REQUIREMENTS"].split()
-    celery = CELERY["services"]["airflow-worker"]["environment"]["_PIP_ADDITIONAL_REQUIREMENTS"].split()
-    assert set(base) < set(celery)  # the same pins, plus the Celery provider
-    for spec in celery:
-        name, version = re.sub(r"\[.*\]", "", spec).split("==")
-        assert req[name.lower()] == version, spec
-    assert f"apache-airflow-providers-celery=={req['apache-airflow-providers-celery']}" in celery
+def test_the_celery_layout_uses_the_same_image_and_installs_nothing_at_start() -> None:
+    """The image has the Celery provider (the Dockerfile); _PIP_ADDITIONAL_REQUIREMENTS, which
+    Airflow says is for quick checks only, is used nowhere."""
+    for name, service in CELERY["services"].items():
+        assert "_PIP_ADDITIONAL_REQUIREMENTS" not in (service.get("environment") or {}), name
+        assert "image" not in service or name in ("redis",), name  # the Airflow ones extend ours
+    assert "_PIP_ADDITIONAL_REQUIREMENTS" not in (ROOT / "docker-compose.celery.yaml").read_text()
+    assert "_PIP_ADDITIONAL_REQUIREMENTS" not in (ROOT / "docker-compose.yaml").read_text()

@@ -15,6 +15,7 @@ from tests.privileges import create_job_user
 from tests.scenario import ROLE_PASSWORD, Scenario
 
 
+@pytest.mark.compat
 def test_timeline(scenario: Scenario, dag_harness: DagHarness, capfd: pytest.CaptureFixture[str]) -> None:
     sc, h = scenario, dag_harness
     for name in ["active_w", "active_r", "idle100", "gone200", "owner200", "svc_batch", "quiet", MASTER]:

@@ -18,7 +18,7 @@ DAGS = Path(__file__).resolve().parents[1] / "dags"
 
 
 def test_the_ingest_task_runs_in_the_configured_pool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from airflow.dag_processing.dagbag import DagBag
+    from inactive_users.face.compat import DagBag
 
     doc = {
         "defaults": {"ingest_pool": "cloudwatch_us_east_1"},

@@ -20,6 +20,7 @@ ALLOWED = {
     "aws": {"core", "postgres"},
     "engine": {"core", "postgres", "aws"},
     "face": {"core", "postgres", "aws", "engine"},
+    "example_dags": {"face"},  # the DAG file users copy: the face's public entry only
 }
 #: Third-party packages that mean I/O; the core imports none of them.
 IO_PACKAGES = {"psycopg", "airflow", "boto3", "botocore", "fastapi", "jinja2", "requests"}

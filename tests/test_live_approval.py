@@ -29,11 +29,15 @@ from devstack.liveairflow import LiveAirflow
 from devstack.motoserver import MotoServer
 from devstack.pgcluster import PgBinaries
 from devstack.stories import seed_last_login
+from inactive_users.face.compat import HITL_WAIT_STATE
 from tests.conftest import PASSWORD
 from tests.livestage import fresh_scenario, stage_demo
 from tests.scenario import Scenario
 
-pytestmark = pytest.mark.single_pg_version("the subject is the Airflow deployment, not PostgreSQL")
+pytestmark = [
+    pytest.mark.single_pg_version("the subject is the Airflow deployment, not PostgreSQL"),
+    pytest.mark.compat,
+]
 
 DAG_ID = "inactive_users__test_aurora"
 TASK = "approve_drops"
@@ -64,7 +68,9 @@ def stage(
         sqs, queue_url = stage_demo(sc, config, approve_drops=True, approval_timeout_hours=TIMEOUT_HOURS)
         env = airflow_env(work, config, "iu", sc.pg, moto_server)
         env["AIRFLOW__SCHEDULER__TRIGGER_TIMEOUT_CHECK_INTERVAL"] = "2"  # the timeout sweep
-        components = ("api-server", "scheduler", "dag-processor")  # HITL waits need no triggerer
+        components = ["api-server", "scheduler", "dag-processor"]
+        if HITL_WAIT_STATE == "deferred":  # Airflow 3.1, 3.2: the question waits in the triggerer
+            components.append("triggerer")
         with LiveAirflow(work, env, executor="LocalExecutor", components=components) as af:
             af.wait_for_dag(DAG_ID)
             yield Stage(sc, af, sqs, queue_url)
@@ -78,26 +84,26 @@ def wait_for_question(af: LiveAirflow, run_id: str) -> dict[str, Any]:
     """The approval request, once the task waits for it to be answered (as the UI lists it).
 
     Then, as a person reading it would, it waits until the scheduler has taken in the executor's
-    report that the task process parked and exited: in Airflow 3.3.2 an answer that lands before
-    that report is read makes the scheduler fail the task ("state changed externally"). Nothing is
-    dropped then, but the run fails; README says so.
+    report that the task process parked (3.3) or deferred (3.1, 3.2) and exited: an answer that
+    lands before that report is read makes the scheduler fail the task ("state changed
+    externally" on 3.3.2; on 3.1.8 a quick answer failed the task too). Nothing is dropped then,
+    but the run fails; README says so.
     """
 
     def asked() -> dict[str, Any] | None:
-        if af.task_states(DAG_ID, run_id).get(TASK) != "awaiting_input":
+        if af.task_states(DAG_ID, run_id).get(TASK) != HITL_WAIT_STATE:
             return None
         got = af.api("GET", hitl_path(run_id))
         assert got.status_code == 200, got.text
         return dict(got.json())
 
-    question = dict(af.poll(f"{TASK} awaiting input", asked, timeout=240))
-    ti_id = question["task_instance"]["id"]
-    parked = f"ti_id={ti_id}"
+    question = dict(af.poll(f"{TASK} {HITL_WAIT_STATE}", asked, timeout=240))
+    parked = f"task_id={TASK}, run_id={run_id},"  # the same words in 3.1, 3.2 and 3.3
 
     def reported() -> bool:
         log = af.log_path("scheduler").read_text(errors="replace")
         return any(
-            "TaskInstance Finished:" in line and parked in line and "state=awaiting_input" in line
+            "TaskInstance Finished:" in line and parked in line and f"state={HITL_WAIT_STATE}" in line
             for line in log.splitlines()
         )
 

@@ -49,12 +49,42 @@ def test_every_console_command_is_accounted_for() -> None:
         "airflow dags trigger ",
         "airflow pools set ",
         "curl -X PATCH ",
+        "make dist",
+        "pip install ",
+        "docker build ",
+        "docker push ",
     )
     assert all(c.startswith(known) for c in commands), commands
     # make demo: tests/test_demo.py; make ui: tests/test_ui.py; make test: CI;
-    # docker compose up: tests/test_compose.py
+    # docker compose up, docker build: tests/test_compose.py (as text: no Docker daemon here);
+    # make dist and pip install: tests/test_package.py, tests/test_installed_wheel.py
     assert console("make demo") and console("make ui") and console("make test")
-    assert console("docker compose up")
+    assert console("docker compose up") and console("make dist")
+
+
+def test_the_pip_line_installs_the_wheel_make_dist_builds_on_the_pinned_airflow() -> None:
+    """tests/test_installed_wheel.py installs with these arguments (through uv pip)."""
+    import inactive_users
+
+    [line] = console("pip install ")
+    pinned = re.search(r"^apache-airflow==(\S+)$", (ROOT / "requirements.txt").read_text(), flags=re.M)
+    assert pinned is not None
+    wheel = f"dist/inactive_users-{inactive_users.__version__}-py3-none-any.whl"
+    assert shlex.split(line) == [
+        "pip",
+        "install",
+        f"apache-airflow=={pinned.group(1)}",
+        wheel,
+        "-c",
+        "constraints.txt",
+    ]
+    for tag in (f"{pinned.group(1)}-{inactive_users.__version__}", "AIRFLOW_IMAGE_TAG=3.2.2"):
+        assert tag in README
+    for minor in ("3.1", "3.2"):
+        assert (
+            f"`constraints/airflow-{minor}.txt`" in README
+            and (ROOT / f"constraints/airflow-{minor}.txt").exists()
+        )
 
 
 def test_the_approval_call_is_the_one_the_live_test_makes() -> None:

@@ -253,20 +253,23 @@ class LoadedConfig:
     path: Path
 
 
-def default_path() -> Path:
+def default_path(dags_folder: str | os.PathLike[str]) -> Path:
+    """``$INACTIVE_USERS_CONFIG``, else ``inactive_users.yaml`` in ``dags_folder`` (Airflow's DAG
+    folder, beside the DAG file): one answer in every component, the api-server's page included."""
     env = os.environ.get(CONFIG_ENV)
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "dags" / "inactive_users.yaml"
+    return Path(env) if env else Path(dags_folder) / "inactive_users.yaml"
 
 
-def load(path: str | os.PathLike[str] | None = None) -> LoadedConfig:
+def load(path: str | os.PathLike[str]) -> LoadedConfig:
     """Read and validate the whole file; a broken file is an error, a broken entry only that entry's."""
-    p = Path(path) if path is not None else default_path()
+    p = Path(path)
     try:
         raw = yaml.load(p.read_text(encoding="utf-8"), Loader=_YAML_LOADER)
     except FileNotFoundError:
-        raise ConfigError(f"config file {p} not found (set {CONFIG_ENV} to its path)") from None
+        raise ConfigError(
+            f"config file {p} not found: put inactive_users.yaml in Airflow's DAG folder or set "
+            f"{CONFIG_ENV} to its path (on every Airflow component, the api-server included)"
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):

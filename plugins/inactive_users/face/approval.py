@@ -13,13 +13,11 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from airflow.providers.standard.operators.hitl import ApprovalOperator
-from airflow.sdk import BaseNotifier
-
 from inactive_users.core import approval
 from inactive_users.core.alerts import Alert
 from inactive_users.core.config import ClusterConfig
 from inactive_users.face import notify, steps
+from inactive_users.face.compat import ApprovalOperator, BaseNotifier
 
 log = logging.getLogger("inactive_users")
 

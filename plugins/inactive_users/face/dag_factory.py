@@ -24,11 +24,11 @@ from os import PathLike
 from types import CodeType
 from typing import Any, TypeVar
 
-from airflow.sdk import DAG, Param, TriggerRule, get_parsing_context, task
-
 from inactive_users.core import config
 from inactive_users.core.config import ClusterConfig, LoadedConfig
 from inactive_users.face import steps
+from inactive_users.face.compat import DAG, Param, TriggerRule, get_parsing_context, task
+from inactive_users.face.config_file import config_file
 
 TASK_IDS = (
     "preflight",
@@ -265,8 +265,8 @@ def config_errors_dag(loaded: LoadedConfig) -> DAG:
 
 
 def build_dags(path: str | PathLike[str] | None = None) -> dict[str, DAG]:
-    """All DAGs of the config file, keyed by DAG id (for the DAG file's globals)."""
-    loaded = config.load(path)
+    """All DAGs of the config file (default: ``config_file()``), keyed by DAG id (for the globals)."""
+    loaded = config.load(path if path is not None else config_file())
     wanted = get_parsing_context().dag_id  # set when a worker parses the file to run one task
     with _gc_paused():
         dags = {c.dag_id: build_dag(c) for c in loaded.clusters if wanted is None or c.dag_id == wanted}

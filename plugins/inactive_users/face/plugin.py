@@ -5,8 +5,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from airflow.plugins_manager import AirflowPlugin
-
+from inactive_users.face.compat import AirflowPlugin
 from inactive_users.face.page.urls import URL_PREFIX, external_views
 
 

@@ -74,7 +74,7 @@ PERMANENT = (
 @contextmanager
 def permanent_errors() -> Iterator[None]:
     """Fail without retries on errors a retry cannot fix."""
-    from airflow.sdk.exceptions import AirflowFailException
+    from inactive_users.face.compat import AirflowFailException
 
     try:
         yield
@@ -376,7 +376,7 @@ def choose_actions(cluster: ClusterConfig, context: Mapping[str, Any]) -> list[s
 
 def _act(cluster: ClusterConfig, context: Mapping[str, Any], which: str) -> dict[str, Any]:
     """Act on every role this run's plan recorded for ``which`` that a fresh plan still selects."""
-    from airflow.sdk.exceptions import AirflowSkipException
+    from inactive_users.face.compat import AirflowSkipException
 
     with permanent_errors():
         planned = context["ti"].xcom_pull(task_ids="plan") or {}
@@ -524,7 +524,7 @@ def alert(cluster: ClusterConfig, context: Mapping[str, Any]) -> dict[str, Any]:
 
     A run with no action alerts only when its upcoming set differs from the one last alerted.
     """
-    from airflow.sdk.exceptions import AirflowSkipException
+    from inactive_users.face.compat import AirflowSkipException
 
     planned = context["ti"].xcom_pull(task_ids="plan") or {}
     dry_run = bool(planned.get("dry_run"))
@@ -638,7 +638,7 @@ def write_evidence(cluster: ClusterConfig, context: Mapping[str, Any]) -> dict[s
     Real runs only (a dry run changes nothing). A failure fails this task, and so the run, after
     its actions: they stand, and the message says that only the evidence is missing.
     """
-    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+    from inactive_users.face.compat import AirflowFailException, AirflowSkipException
 
     ev = cluster.evidence
     if ev is None:

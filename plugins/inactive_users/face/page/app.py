@@ -15,7 +15,6 @@ from datetime import date
 from typing import Annotated, Any
 
 import psycopg
-from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_dag
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import HTTPException
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -24,6 +23,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from inactive_users.core import config
 from inactive_users.core.alerts import scrub
 from inactive_users.core.config import ClusterConfig
+from inactive_users.face.compat import GetUserDep, requires_access_dag
+from inactive_users.face.config_file import config_file
 from inactive_users.face.page import queries, render
 from inactive_users.face.page.urls import URL_PREFIX, base_path
 from inactive_users.postgres.instances import bounded_connector
@@ -41,7 +42,7 @@ class ClusterUnreachable(Exception):
 
 def _clusters() -> list[ClusterConfig]:
     """The configured clusters, read per request: a config change shows without a restart."""
-    return config.load().clusters
+    return config.load(config_file()).clusters
 
 
 def _cluster(cluster_id: str) -> ClusterConfig:
@@ -98,7 +99,7 @@ def create_app() -> FastAPI:
             return JSONResponse({"detail": detail}, exc.status_code, headers=exc.headers)
         link = None
         if exc.status_code == 401:
-            from airflow.api_fastapi.app import get_auth_manager
+            from inactive_users.face.compat import get_auth_manager
 
             link = ("Log in to Airflow", get_auth_manager().get_url_login(next_url=str(request.url)))
         title = {401: "Not logged in", 403: "Forbidden", 404: "Not found"}.get(exc.status_code, "Error")

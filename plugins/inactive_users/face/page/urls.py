@@ -10,7 +10,7 @@ URL_PREFIX = "/inactive-users"
 
 def base_path() -> str:
     """The path of ``[api] base_url`` (Airflow served under a sub-path), without the trailing slash."""
-    from airflow.sdk import conf
+    from inactive_users.face.compat import conf
 
     return urlsplit(conf.get("api", "base_url", fallback="") or "").path.rstrip("/")
 
