@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from devstack.awsfixtures import alert_topic_with_queue, create_aurora, create_rds_instance, drain_alerts
-from tests.inprocess_api import wait_for_lifespan
+from inactive_users.face.compat import AIRFLOW_VERSION
 from tests.scenario import Scenario
 
 MASTER = "clustermaster"
