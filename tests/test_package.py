@@ -89,7 +89,7 @@ def test_the_metadata_a_registry_shows(dist: dict[str, Path]) -> None:
     assert description.strip() == README.strip()  # the README is the long description
     assert fields["License-Expression"] == ["Apache-2.0"]
     requires = fields["Requires-Dist"]
-    assert "apache-airflow<3.4,>=3.1" in requires, requires  # exactly the tested minors
+    assert "apache-airflow<4,>=3.1" in requires, requires  # 3.1 to 3.3 tested, as the issue asks
     for provider in ("amazon", "postgres", "standard"):
         assert any(r.startswith(f"apache-airflow-providers-{provider}>=") for r in requires), provider
     classifiers = fields["Classifier"]
@@ -100,8 +100,7 @@ def test_the_metadata_a_registry_shows(dist: dict[str, Path]) -> None:
         "Typing :: Typed",
     ):
         assert classifier in classifiers
-    urls = dict(u.split(", ", 1) for u in fields["Project-URL"])
-    assert {"Homepage", "Documentation", "Changelog", "Source Code", "Bug Tracker"} <= set(urls)
+    assert "Project-URL" not in fields  # none is invented: the project has no public address yet
 
 
 def test_the_version_is_in_one_place_and_the_changelog_names_it() -> None:
