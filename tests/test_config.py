@@ -138,6 +138,11 @@ BAD_VALUES: list[tuple[dict[str, Any], str]] = [
         "approval_timeout_hours must be > 0 (how long a DBA has to approve the drops), got 0",
     ),
     ({"approval_timeout_hours": "3d"}, "approval_timeout_hours must be int or float, got '3d'"),
+    (
+        {"max_unprotected_days": 0},
+        "max_unprotected_days must be > 0 (days without a run that acted before alerts escalate), got 0",
+    ),
+    ({"max_unprotected_days": "3"}, "max_unprotected_days must be int or float, got '3'"),
     ({"ingest_pool": " "}, "ingest_pool must be an Airflow pool name or null, got ' '"),
     ({"instance_endpoints": {"i-1": "db-1:five"}}, "instance_endpoints['i-1'] must be 'host:port'"),
     ({"instance_endpoints": ["db-1:5432"]}, "instance_endpoints must be dict or null"),

@@ -199,7 +199,7 @@ def build_dag(cluster: ClusterConfig) -> DAG:
         @task(task_id="nothing_to_do", multiple_outputs=False)
         @_signature_once
         def nothing_to_do(**context: Any) -> None:
-            steps.nothing_to_do(context)
+            steps.nothing_to_do(cluster, context)
 
         # with approvals, a rejection skips delete_users and leaves the alert no successful upstream
         # when nothing was locked: it runs anyway, and tells who rejected
