@@ -194,12 +194,12 @@ def test_the_failure_alert_states_the_exposure_the_runs_and_the_fix() -> None:
         in body
     )
     assert (
-        "  2 roles past delete_after_days (180) are neither dropped nor flagged ReadyToDelete; the oldest past it since 2026-11-29 (3 days)."
-        in body
+        "  2 roles past delete_after_days (180) are neither dropped nor flagged ReadyToDelete; "
+        "the oldest past it since 2026-11-29 (3 days)." in body
     )
     assert (
-        "  4 runs in a row have not acted (the last run that acted or had nothing to do was at 2026-11-30T00:00+00:00)."
-        in body
+        "  4 runs in a row have not acted "
+        "(the last run that acted or had nothing to do was at 2026-11-30T00:00+00:00)." in body
     )
     assert f"  Why: {reason}" in body
     assert (
