@@ -190,11 +190,11 @@ def test_the_failure_alert_states_the_exposure_the_runs_and_the_fix() -> None:
     assert alert.subject == "[inactive_users] FAILED orders: task plan"
     body = alert.body
     assert (
-        "  7 roles past lock_after_days (90) can still log in; the oldest past it since 2026-10-23 (40 days)."
-        in body
+        "  7 roles past lock_after_days (90): can still log in; "
+        "the oldest past it since 2026-10-23 (40 days)." in body
     )
     assert (
-        "  2 roles past delete_after_days (180) are neither dropped nor flagged ReadyToDelete; "
+        "  2 roles past delete_after_days (180): neither dropped nor flagged ReadyToDelete; "
         "the oldest past it since 2026-11-29 (3 days)." in body
     )
     assert (

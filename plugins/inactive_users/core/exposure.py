@@ -128,6 +128,10 @@ def fix_for(reason: str | None, outcome: str = REFUSED) -> str:
     return _PERMANENT_FIX if outcome == REFUSED else _TRANSIENT_FIX
 
 
+def _n(count: int, one: str, many: str) -> str:
+    return f"{count} {one if count == 1 else many}"
+
+
 def _oldest(n: int, since: datetime | None, now: datetime) -> str:
     """``; the oldest past it since 2026-01-02 (40 days).`` for a count above 0, else ``.``."""
     if not n or since is None:
@@ -145,13 +149,13 @@ def alert_lines(
         lines.append("  lock_after_days is null: no role is due to be locked.")
     else:
         lines.append(
-            f"  {r.past_lock} roles past lock_after_days ({r.lock_after_days}) can still log in"
-            + _oldest(r.past_lock, r.past_lock_since, now)
+            f"  {_n(r.past_lock, 'role', 'roles')} past lock_after_days ({r.lock_after_days}): "
+            "can still log in" + _oldest(r.past_lock, r.past_lock_since, now)
         )
     if r.delete_after_days is not None:
         lines.append(
-            f"  {r.past_drop} roles past delete_after_days ({r.delete_after_days}) are neither dropped nor "
-            "flagged ReadyToDelete" + _oldest(r.past_drop, r.past_drop_since, now)
+            f"  {_n(r.past_drop, 'role', 'roles')} past delete_after_days ({r.delete_after_days}): "
+            "neither dropped nor flagged ReadyToDelete" + _oldest(r.past_drop, r.past_drop_since, now)
         )
     if not runs.recorded:
         lines.append("  Runs that did not act: not recorded yet (the state schema predates run_outcome).")
@@ -163,7 +167,8 @@ def alert_lines(
             if at
             else "no run has acted yet"
         )
-        lines.append(f"  {runs.not_acted} runs in a row have not acted ({last}).")
+        in_a_row = _n(runs.not_acted, "run in a row has", "runs in a row have")
+        lines.append(f"  {in_a_row} not acted ({last}).")
         if since is not None and report.escalated(max_unprotected_days):
             days = runs.unprotected_days(now) or 0.0
             lines.append(
