@@ -223,10 +223,9 @@ def test_past_max_unprotected_days_the_subject_escalates() -> None:
         alert_lines(never, reason="x", outcome=FAILED, max_unprotected_days=3)
     )
     # a state table that cannot be read is said, not hidden
-    unknown = compose_failure("orders", "r", "preflight", "boom", "OperationalError: connection refused")
-    assert "Exposure: unknown, the state table could not be read: OperationalError: connection refused" in (
-        unknown.body
-    )
+    why = "the state table could not be read (OperationalError: connection refused)"
+    unknown = compose_failure("orders", "r", "preflight", "boom", why)
+    assert f"Exposure: unknown: {why}" in unknown.body
 
 
 def test_each_refusal_gets_its_fix() -> None:

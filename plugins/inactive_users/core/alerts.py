@@ -208,7 +208,7 @@ def compose_failure(
         if label:
             subject = f"[inactive_users] {label} {cluster_id}: task {task_id} failed"
     elif exposure is not None:
-        body += f"\n\nExposure: unknown, the state table could not be read: {scrub(exposure)[:1000]}"
+        body += f"\n\nExposure: unknown: {scrub(exposure)[:1000]}"
     return Alert(subject_line(subject), body)
 
 

@@ -35,6 +35,7 @@ from inactive_users.face import notify
 from inactive_users.postgres import notices
 from inactive_users.postgres.actions import ActionReport, Outcome
 from inactive_users.postgres.instances import Connect, airflow_connector, bounded_connector
+from inactive_users.postgres.migrations import LATEST as LATEST_MIGRATION
 from inactive_users.postgres.state import ConcurrentRunError
 
 log = logging.getLogger("inactive_users")
@@ -872,11 +873,17 @@ def _did_not_act(
         except ConfigError:  # a bad trigger conf: the configured settings
             settings = cluster.settings
         eng = Engine(bounded_connector(cluster.postgres_conn_id), settings, run_id=str(context.get("run_id")))
+        if len(eng.pending_migrations()) == LATEST_MIGRATION:
+            # never created here (a failure callback does not create it): nothing is tracked yet
+            return (
+                f"no state schema {settings.state_schema!r} on the cluster yet: no run has got past "
+                "preflight, so no role is tracked"
+            )
         if not settings.dry_run:
-            eng.migrate()  # a run refused in preflight may not have migrated yet
+            eng.migrate()  # a run refused in preflight may not have migrated to run_outcome yet
             eng.record_outcome(outcome, task_id, _reason(error))
         return eng.exposure()
     except Exception as exc:
         first_line = (str(exc).strip().splitlines() or [""])[0]
         log.error("exposure for the failure alert could not be read: %s", alerts.scrub(first_line))
-        return f"{type(exc).__name__}: {first_line}"
+        return f"the state table could not be read ({type(exc).__name__}: {first_line})"
