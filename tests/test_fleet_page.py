@@ -47,7 +47,8 @@ READABLE, DOWN = 190, 10
 ROLES = ("ana", "ben", "cat", "dan", "eve")
 FORMULA = '=HYPERLINK("http://evil.example")'
 ARTIFACTS = ROOT / ".artifacts"
-DAG_FILE = """from inactive_users.face.dag_factory import build_dags
+DAG_FILE = """# Airflow DAG file (Airflow's safe mode reads only files that say "airflow" and "dag")
+from inactive_users.face.dag_factory import build_dags
 
 globals().update(build_dags({path!r}))
 """
