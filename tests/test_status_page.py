@@ -182,7 +182,10 @@ def test_the_dag_tab_leads_to_its_cluster_and_explains_other_dags(stage: Stage) 
     ).json()["plugins"]
     ours = next(p for p in plugins if p["name"] == "inactive_users")
     views = [(v["destination"], v["href"], v["url_route"]) for v in ours["external_views"]]
-    assert views == [("dag", "/inactive-users/dags/{DAG_ID}", "inactive-users")]
+    assert views == [
+        ("nav", "/inactive-users/", "inactive-users-fleet"),
+        ("dag", "/inactive-users/dags/{DAG_ID}", "inactive-users"),
+    ]
 
 
 def test_a_cluster_that_cannot_be_reached_says_so_with_no_connection_detail(stage: Stage) -> None:
