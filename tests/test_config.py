@@ -364,3 +364,20 @@ def test_run_options_report_each_effective_value(tmp_path: Path) -> None:
         "unlock_users": ["x"],
         "as_of": "2027-01-01T00:00:00+00:00",
     }
+
+
+@pytest.mark.parametrize(
+    ("keys", "kind"),
+    [
+        ({}, "Aurora cluster"),
+        ({"instances": ["db-1"], "log_group": "/aws/rds/instance/db-1/postgresql"}, "RDS instance"),
+        ({"instances": ["mz-1", "mz-2", "mz-3"]}, "Multi-AZ DB cluster"),
+        ({"instances": ["mz-1"], "log_group": "/aws/rds/cluster/mz/postgresql"}, "Multi-AZ DB cluster"),
+        ({"instances": ["pg-1"], "log_group": "/self/postgresql"}, "self-managed"),
+    ],
+)
+def test_the_engine_kind_follows_the_entry_keys(tmp_path: Path, keys: dict[str, Any], kind: str) -> None:
+    from inactive_users.core.kinds import engine_kind
+
+    [cluster] = one(tmp_path, **keys).clusters
+    assert engine_kind(cluster) == kind
