@@ -372,6 +372,15 @@ class LiveAirflow:
             raise LiveAirflowError(f"GET /auth/token answered {r.status_code}: {r.text[:300]}")
         return str(r.json()["access_token"])
 
+    def user_token(self, username: str, password: str) -> str:
+        """A real user's JWT (``POST /auth/token`` with the user's password, as a script gets one)."""
+        r = self.client.post("/auth/token", json={"username": username, "password": password})
+        if r.status_code != 201:
+            raise LiveAirflowError(
+                f"POST /auth/token for {username!r} answered {r.status_code}: {r.text[:300]}"
+            )
+        return str(r.json()["access_token"])
+
     def api(self, method: str, path: str, **kw: Any) -> httpx.Response:
         """An authenticated call to ``/api/v2`` + ``path``; the caller checks the status."""
         if self._token is None:

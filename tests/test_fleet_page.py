@@ -28,7 +28,7 @@ import pytest
 import yaml
 from psycopg import sql
 
-from devstack.airflowenv import ROOT, airflow_env
+from devstack.airflowenv import airflow_env
 from devstack.liveairflow import LiveAirflow
 from devstack.motoserver import MotoServer
 from devstack.pgcluster import PgBinaries, PgCluster, cluster_from_template
@@ -37,6 +37,7 @@ from inactive_users.core.exposure import ACTED, NOTHING_TO_DO, REFUSED
 from inactive_users.core.settings import EngineSettings
 from inactive_users.engine import Engine
 from inactive_users.face.page.fleet import DEADLINE_S
+from tests.browser import logged_in, needs_browser, screenshot
 from tests.conftest import PASSWORD
 
 pytestmark = pytest.mark.single_pg_version("the page's subject is HTTP, threads and the auth manager")
@@ -46,7 +47,6 @@ SERVERS = 3
 READABLE, DOWN = 190, 10
 ROLES = ("ana", "ben", "cat", "dan", "eve")
 FORMULA = '=HYPERLINK("http://evil.example")'
-ARTIFACTS = ROOT / ".artifacts"
 DAG_FILE = """# Airflow DAG file (Airflow's safe mode reads only files that say "airflow" and "dag")
 from inactive_users.face.dag_factory import build_dags
 
@@ -210,11 +210,7 @@ def stage(
         af = stack.enter_context(
             LiveAirflow(work, env, components=("api-server",), metadata_db="sqlite", setup=setup)
         )
-        tokens = {}
-        for user, password in USERS.items():
-            r = af.client.post("/auth/token", json={"username": user, "password": password})
-            assert r.status_code == 201, r.text
-            tokens[user] = r.json()["access_token"]
+        tokens = {user: af.user_token(user, password) for user, password in USERS.items()}
         trigger = httpx.post(
             f"{af.base_url}/api/v2/dags/inactive_users__fleet_000/dagRuns",
             json={"logical_date": None},
@@ -383,36 +379,15 @@ def test_the_html_page_and_its_link_in_the_navigation(stage: Stage) -> None:
 # -- a real browser -------------------------------------------------------------------------------
 
 
-def _browser_missing() -> str | None:
-    if shutil.which("chromium") and shutil.which("chromedriver"):
-        return None
-    return "Debian's chromium and chromium-driver are not installed (make browser installs them as root)"
-
-
-@pytest.mark.skipif(_browser_missing() is not None, reason=str(_browser_missing()))
+@needs_browser
 def test_a_browser_sorts_and_filters_the_fleet_and_keeps_a_picture(stage: Stage) -> None:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium") or "chromium"
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1600,1000"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
-    try:
-        wait = WebDriverWait(driver, 30)
-        page = stage.base_url + "/inactive-users/"
-        driver.get(page)  # logged out: the page links to the UI's login
-        driver.find_element(By.LINK_TEXT, "Log in to Airflow").click()
-        wait.until(ec.presence_of_element_located((By.NAME, "username"))).send_keys("dba")
-        driver.find_element(By.NAME, "password").send_keys(USERS["dba"])
-        driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-        wait.until(ec.url_to_be(page))
-        table = wait.until(ec.presence_of_element_located((By.ID, "fleet")))
+    with logged_in(stage.base_url + "/inactive-users/", "dba", USERS["dba"], "1600,1000") as driver:
+        table = WebDriverWait(driver, 30).until(ec.presence_of_element_located((By.ID, "fleet")))
 
         def shown_ids() -> list[str]:
             return [
@@ -443,9 +418,4 @@ def test_a_browser_sorts_and_filters_the_fleet_and_keeps_a_picture(stage: Stage)
         assert len(shown_ids()) == 10
         driver.find_element(By.ID, "filter").send_keys(Keys.CONTROL + "a", Keys.BACKSPACE)
         assert len(shown_ids()) == 200  # worst first: the unreadable, then the most exposed
-        ARTIFACTS.mkdir(exist_ok=True)
-        shot = ARTIFACTS / "fleet_page.png"
-        assert driver.save_screenshot(str(shot))
-        print(f"fleet page screenshot: {shot}")
-    finally:
-        driver.quit()
+        screenshot(driver, "fleet_page.png")
