@@ -88,8 +88,9 @@ class LiveAirflow:
         redis_url: str = "redis://127.0.0.1:6379/0",
         startup_timeout: float = 120.0,
         setup: Sequence[Sequence[str]] = (),
+        celery_workers: int = 1,
     ) -> None:
-        unknown = set(components) - {*COMPONENTS, CELERY_WORKER}
+        unknown = {c for c in components if not c.startswith(CELERY_WORKER)} - set(COMPONENTS)
         if unknown:
             raise ValueError(f"unknown Airflow components {sorted(unknown)}; choose from {COMPONENTS}")
         if "api-server" not in components:
@@ -101,6 +102,8 @@ class LiveAirflow:
         comps = list(components)
         if executor == "CeleryExecutor" and "scheduler" in comps and CELERY_WORKER not in comps:
             comps.append(CELERY_WORKER)
+        if CELERY_WORKER in comps:  # more workers: celery-worker-2, ... (each its own Celery hostname)
+            comps += [f"{CELERY_WORKER}-{k}" for k in range(2, celery_workers + 1)]
         self.components: tuple[str, ...] = tuple(comps)
         self.metadata_db = metadata_db
         self.redis_url = redis_url
@@ -250,7 +253,7 @@ class LiveAirflow:
         airflow = str(Path(sys.executable).parent / "airflow")
         if name == "api-server":
             return [airflow, "api-server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
-        if name == CELERY_WORKER:
+        if name.startswith(CELERY_WORKER):
             return [
                 airflow,
                 "celery",
@@ -258,7 +261,7 @@ class LiveAirflow:
                 "--queues",
                 self.run_key,
                 "--celery-hostname",
-                f"{self.run_key}@%h",
+                f"{self.run_key}{name.removeprefix(CELERY_WORKER)}@%h",
                 "--without-mingle",
                 "--without-gossip",
             ]
@@ -349,10 +352,10 @@ class LiveAirflow:
             return all((h.get(k) or {}).get("status") == "healthy" for k in wanted)
 
         self.poll("the components' health at /api/v2/monitor/health", healthy, timeout)
-        if CELERY_WORKER in self.components:
+        for worker in (c for c in self.components if c.startswith(CELERY_WORKER)):
             self.poll(
-                "the Celery worker to be ready",
-                lambda: " ready." in self.log_path(CELERY_WORKER).read_text(errors="replace"),
+                f"the Celery worker {worker} to be ready",
+                lambda w=worker: " ready." in self.log_path(w).read_text(errors="replace"),
                 timeout,
             )
 
