@@ -16,7 +16,7 @@ from typing import Any
 
 from inactive_users.core.alerts import scrub
 from inactive_users.core.config import ClusterConfig
-from inactive_users.core.exposure import RoleExposure, RunRecord
+from inactive_users.core.exposure import Report, RoleExposure, RunRecord
 from inactive_users.core.kinds import engine_kind
 from inactive_users.face.page import queries
 from inactive_users.face.page.runs import LastRun, approval_url
@@ -52,6 +52,7 @@ CSV_COLUMNS = (
     "awaiting_approval",
     "days_since_acted",
     "runs_not_acted",
+    "escalated",
     "last_refusal_at",
     "last_refusal",
     "as_of",
@@ -89,6 +90,12 @@ class FleetRow:
         return approval_url(self.cluster.dag_id, self.awaiting_runs[0]) if self.awaiting_runs else None
 
     @property
+    def escalated(self) -> bool:
+        """No run has acted for longer than ``max_unprotected_days`` (as the failure alerts say)."""
+        s = self.state
+        return s is not None and Report(s.roles, s.runs).escalated(self.cluster.max_unprotected_days)
+
+    @property
     def exposed(self) -> int:
         return self.state.roles.total if self.state else 0
 
@@ -118,6 +125,7 @@ class FleetRow:
             "awaiting_approval": s.awaiting_roles if s else None,
             "days_since_acted": None if days is None else round(days, 1),
             "runs_not_acted": runs.not_acted if runs and runs.recorded else None,
+            "escalated": self.escalated,
             "last_refusal_at": refusal[0] if refusal else None,
             "last_refusal": refusal[3] if refusal else None,
             "as_of": roles.as_of if roles else None,
