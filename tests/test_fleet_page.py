@@ -307,6 +307,8 @@ def test_every_row_matches_its_state_table_and_the_unreachable_ones_say_so(stage
     assert refused["last_refusal"] == "SafetyGuardError: safety guard"
     twice = by_id["fleet-002"]
     assert (twice["runs_not_acted"], twice["last_refusal"]) == (2, "LogSourceError: gone")
+    # no run has acted for 9 days, past max_unprotected_days (3): as its alerts say, the row says
+    assert [by_id[f"fleet-00{i}"]["escalated"] for i in range(3)] == [False, False, True]
     assert by_id["fleet-003"]["runs_not_acted"] == 0 and by_id["fleet-003"]["days_since_acted"] is not None
     assert by_id["fleet-004"]["last_run_id"] is None and by_id["fleet-004"]["awaiting_approval"] == 0
 
@@ -363,7 +365,9 @@ def test_the_html_page_and_its_link_in_the_navigation(stage: Stage) -> None:
     assert html.count('<tr id="row-') == 200
     assert '<a href="/inactive-users/clusters/fleet-000">fleet-000</a>' in html
     assert (
-        'class="unreachable"' in html and "Cannot be read: the connection failed (OperationalError)" in html
+        '<tr id="row-fleet-002" class="escalated"' in html
+        and 'class="unreachable"' in html
+        and "Cannot be read: the connection failed (OperationalError)" in html
     )
     assert f'<a href="/dags/inactive_users__fleet_000/runs/{quote(stage.run_id, safe="")}">queued</a>' in html
     plugins = httpx.get(
