@@ -192,6 +192,7 @@ def stage(work: Path, pg: PgCluster, moto: MotoServer, n: int) -> dict[str, str]
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "5",
             "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "1",
             "AIRFLOW__SCHEDULER__JOB_HEARTBEAT_SEC": "5",
+            "AIRFLOW__CELERY__WORKER_CONCURRENCY": "16",
         }
     )
     return env
