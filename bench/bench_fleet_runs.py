@@ -161,6 +161,8 @@ def stage(work: Path, pg: PgCluster, moto: MotoServer, n: int) -> dict[str, str]
                 "postgres_conn_id": "bench_pg",
                 "instances": [f"{cid}-1"],
                 "state_schema": f"fleet_{i:03d}",
+                "aws_conn_id": "bench_aws",
+                "region_name": "us-east-1",
             }
         )
     config = work / "fleet.yaml"
@@ -169,12 +171,14 @@ def stage(work: Path, pg: PgCluster, moto: MotoServer, n: int) -> dict[str, str]
             "schedule": None,
             "retries": 0,
             "settle_seconds": 0,
-            "aws_conn_id": "bench_aws",
-            "region_name": "us-east-1",
         },
         "clusters": clusters,
     }
     config.write_text(yaml.safe_dump(doc))
+    from inactive_users.core.config import load
+
+    loaded = load(config)  # a config error fails here, not after the DAG processor's timeouts
+    assert not loaded.errors and len(loaded.clusters) == n, loaded.errors
     dags = work / "dags"
     dags.mkdir()
     (dags / "inactive_users_dags.py").write_text(OURS_FILE)
@@ -211,7 +215,7 @@ def measure(executor: str, n: int) -> tuple[Batch, Batch]:
                 ours = [f"inactive_users__fleet_{i:03d}" for i in range(n)]
                 floor = [f"floor_{i:03d}" for i in range(n)]
                 for dag_id in (*ours, *floor):
-                    af.wait_for_dag(dag_id, timeout=600)
+                    af.wait_for_dag(dag_id, timeout=300)
                 run_batch(af, ours)  # the first run of each cluster: migrations, first sync (not counted)
                 return run_batch(af, ours), run_batch(af, floor)
     finally:
