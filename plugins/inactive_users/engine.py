@@ -160,8 +160,12 @@ class Engine:
 
         from inactive_users.aws.cloudwatch import CloudWatchLogins
 
+        # One hook: it looks the Airflow connection up once (in a task, each lookup is a call to the
+        # api-server's execution API), then each connect is a new session (and a new IAM token).
+        hook = PostgresHook(postgres_conn_id=postgres_conn_id)
+
         def connect() -> psycopg.Connection:  # Engine.connection() makes it autocommit
-            return cast(psycopg.Connection, PostgresHook(postgres_conn_id=postgres_conn_id).get_conn())
+            return cast(psycopg.Connection, hook.get_conn())
 
         logs = None
         if cluster_id is not None:
