@@ -1,7 +1,9 @@
-"""AWS pieces the job expects around an Aurora cluster, created in the moto server.
+"""AWS pieces the job expects around an Aurora cluster or an RDS DB instance, created in the moto
+server.
 
-Shared by the tests and the demo: the cluster record RDS returns (members, master user, log
-export) and an SNS topic whose messages land in an SQS queue, so an alert can be read back.
+Shared by the tests and the demo: the cluster or instance record RDS returns (members, read
+replicas, master user, log export) and an SNS topic whose messages land in an SQS queue, so an
+alert can be read back.
 """
 
 from __future__ import annotations
@@ -41,6 +43,30 @@ def create_aurora(
             DBClusterIdentifier=cluster_id,
         )
     return names
+
+
+def create_rds_instance(rds: Any, db_instance_id: str, *, master_user: str, exports: list[str]) -> str:
+    """An RDS for PostgreSQL DB instance (no cluster); returns its ARN."""
+    created = rds.create_db_instance(
+        DBInstanceIdentifier=db_instance_id,
+        DBInstanceClass="db.m6g.large",
+        Engine="postgres",
+        AllocatedStorage=20,
+        MasterUsername=master_user,
+        MasterUserPassword="not-used-by-the-job",
+        EnableCloudwatchLogsExports=exports,
+    )
+    return str(created["DBInstance"]["DBInstanceArn"])
+
+
+def create_read_replica(rds: Any, db_instance_id: str, source: str, *, exports: list[str]) -> str:
+    """A read replica of ``source`` (an id in ``rds``'s region, or an ARN in another); returns its ARN."""
+    created = rds.create_db_instance_read_replica(
+        DBInstanceIdentifier=db_instance_id,
+        SourceDBInstanceIdentifier=source,
+        EnableCloudwatchLogsExports=exports,
+    )
+    return str(created["DBInstance"]["DBInstanceArn"])
 
 
 def alert_topic_with_queue(sns: Any, sqs: Any, topic: str, queue: str) -> tuple[str, str]:

@@ -92,7 +92,15 @@ class MotoServer:
         )
         self.log_path = Path(self._log_file.name)
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            # moto.server with its RDS read replicas fixed (motomain.py says what and why)
+            [
+                sys.executable,
+                str(Path(__file__).with_name("motomain.py")),
+                "-H",
+                "127.0.0.1",
+                "-p",
+                str(port),
+            ],
             stdin=subprocess.DEVNULL,
             # To a file, not a pipe: the server logs every request and would block on a full pipe.
             stdout=self._log_file,

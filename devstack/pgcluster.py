@@ -134,7 +134,8 @@ class PgCluster:
     extra_conf: dict[str, str] = field(default_factory=dict)
     os_user: str | None = None
     primary: PgCluster | None = field(default=None, repr=False)
-    """Set on a hot standby (see :meth:`create_standby`): the cluster it streams from."""
+    """Set on a hot standby (see :meth:`create_standby`): the cluster it streams from (itself a
+    standby for a cascading one)."""
 
     def __post_init__(self) -> None:
         if self.os_user is not None:
@@ -147,6 +148,14 @@ class PgCluster:
     @property
     def datadir(self) -> Path:
         return self.root / "data"
+
+    @property
+    def writable(self) -> PgCluster:
+        """The cluster that takes writes: this one, or the primary at the top of a standby chain."""
+        top = self
+        while top.primary is not None:
+            top = top.primary
+        return top
 
     @property
     def log_line_prefix(self) -> str:
@@ -314,6 +323,7 @@ class PgCluster:
     def create_standby(self, timeout: float = 60.0) -> PgCluster:
         """A streaming-replication hot standby of this (running) cluster, started and caught up.
 
+        On a standby this makes a cascading standby (a replica of the replica), as RDS does.
         ``pg_basebackup -R -X stream`` as the OS user, then the standby's own
         ``postgresql.auto.conf``: its own port, socket dir and log file, the same logging settings
         as this cluster, ``hot_standby = on`` and the ``primary_conninfo`` that ``-R`` wrote.
@@ -335,6 +345,8 @@ class PgCluster:
             (standby.root / "log").mkdir()
             (standby.root / "sock").mkdir()
             standby.chown_tree()
+            if self.primary is not None:
+                self._prepare_backup_from_standby()
             standby._run(
                 [
                     str(self.binaries.bin_dir / "pg_basebackup"),
@@ -370,6 +382,23 @@ class PgCluster:
             raise
         return standby
 
+    def _prepare_backup_from_standby(self) -> None:
+        """A base backup taken on a standby needs WAL with full-page images since its last
+        restartpoint: turn ``full_page_writes`` on at the top (these test clusters run with it off
+        for speed), checkpoint there and wait until this standby has replayed it."""
+        with self.writable.connect() as conn:
+            conn.execute("ALTER SYSTEM SET full_page_writes = on")
+            conn.execute("SELECT pg_reload_conf()")
+            row = conn.execute("SELECT setting FROM pg_settings WHERE name = 'full_page_writes'").fetchone()
+            deadline = time.monotonic() + 10
+            while row is not None and row[0] != "on" and time.monotonic() < deadline:
+                time.sleep(0.02)
+                row = conn.execute("SELECT current_setting('full_page_writes')").fetchone()
+            conn.execute("CHECKPOINT")
+        self.wait_caught_up()
+        with self.connect() as conn:
+            conn.execute("CHECKPOINT")  # on a standby: a restartpoint at the checkpoint just replayed
+
     def wait_caught_up(self, timeout: float = 30.0) -> None:
         """On a standby: wait until everything committed on the primary so far is replayed here.
 
@@ -379,7 +408,7 @@ class PgCluster:
         """
         if self.primary is None:
             raise RuntimeError(f"{self.root} is not a standby")
-        with self.primary.connect() as conn:
+        with self.writable.connect() as conn:
             conn.execute("SET synchronous_commit = on")
             row = conn.execute(
                 "SELECT pg_logical_emit_message(true, 'inactive_users.standby', 'catch-up')::text"
@@ -407,7 +436,7 @@ class PgCluster:
         assert self.primary is not None
         token = uuid.uuid4().hex
         table = f"iu_standby_probe_{token[:12]}"
-        with self.primary.connect() as conn:
+        with self.writable.connect() as conn:
             conn.execute("SET synchronous_commit = on")  # sent now, not at the WAL writer's next round
             conn.execute(f"CREATE TABLE {table} (token text)")
             conn.execute(f"INSERT INTO {table} VALUES (%s)", (token,))
@@ -423,7 +452,7 @@ class PgCluster:
 
             _poll(visible, deadline, f"a row written on the primary to show on standby {self.port}")
         finally:
-            with self.primary.connect() as conn:
+            with self.writable.connect() as conn:
                 conn.execute(f"DROP TABLE IF EXISTS {table}")
 
     def _wait_ready(self) -> None:

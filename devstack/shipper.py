@@ -50,6 +50,11 @@ def group_name(cluster_id: str) -> str:
     return f"/aws/rds/cluster/{cluster_id}/postgresql"
 
 
+def instance_group_name(db_instance_id: str) -> str:
+    """The log group RDS exports a DB instance's (or a read replica's) PostgreSQL log to."""
+    return f"/aws/rds/instance/{db_instance_id}/postgresql"
+
+
 def entry_start(log_line_prefix: str = AURORA_PREFIX) -> re.Pattern[str]:
     """What starts an entry under ``log_line_prefix``: its leading ``%t``/``%m`` and what follows.
 
@@ -139,8 +144,10 @@ def ship(
     instance_id: str,
     events: list[dict[str, Any]],
     region: str = DEFAULT_REGION,
+    log_group: str | None = None,
 ) -> int:
-    """Put ``events`` into the cluster's group, stream ``instance_id``; returns how many were put.
+    """Put ``events`` into the cluster's group (or ``log_group``), stream ``instance_id``; returns
+    how many were put.
 
     Creates the group and stream when missing, sorts by timestamp (stably) and splits into
     batches within the PutLogEvents limits.  Raises ``ValueError`` before sending anything if an
@@ -151,7 +158,7 @@ def ship(
         if isinstance(endpoint_url_or_client, str)
         else endpoint_url_or_client
     )
-    group = group_name(cluster_id)
+    group = log_group or group_name(cluster_id)
     _create_ignoring_exists(client, client.create_log_group, logGroupName=group)
     _create_ignoring_exists(client, client.create_log_stream, logGroupName=group, logStreamName=instance_id)
 
@@ -219,6 +226,7 @@ def ship_log_file(
     tz: str = "UTC",
     region: str = DEFAULT_REGION,
     log_line_prefix: str = AURORA_PREFIX,
+    log_group: str | None = None,
 ) -> tuple[int, int]:
     """Ship the entries written to ``path`` after byte ``since_offset``; returns (shipped, new_offset).
 
@@ -233,5 +241,7 @@ def ship_log_file(
     text = data[:end].decode("utf-8", errors="replace")
     # split("\n"), not splitlines(): a message may contain \f, \x1c, U+2028... which are not line ends.
     events = events_from_lines(text.split("\n")[:-1], tz=tz, log_line_prefix=log_line_prefix)
-    shipped = ship(endpoint_url_or_client, cluster_id, instance_id, events, region=region)
+    shipped = ship(
+        endpoint_url_or_client, cluster_id, instance_id, events, region=region, log_group=log_group
+    )
     return shipped, since_offset + end

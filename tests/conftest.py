@@ -147,6 +147,18 @@ def dag_harness(scenario: Scenario, tmp_path: Path, airflow_db: None) -> DagHarn
     return DagHarness(scenario, tmp_path)
 
 
+@pytest.fixture
+def task_log(capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> Callable[[], str]:
+    """What the tasks of a ``dag.test()`` run have logged so far: to the test's output, or to its
+    log records once Airflow has set up its logging in this worker process."""
+
+    def read() -> str:
+        out = capfd.readouterr()
+        return out.out + out.err + caplog.text
+
+    return read
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _cleanup_airflow_home() -> Iterator[None]:
     yield

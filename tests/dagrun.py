@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from devstack.awsfixtures import alert_topic_with_queue, create_aurora, drain_alerts
+from devstack.awsfixtures import alert_topic_with_queue, create_aurora, create_rds_instance, drain_alerts
 from tests.scenario import Scenario
 
 MASTER = "clustermaster"
@@ -18,19 +18,35 @@ class DagHarness:
     and a config file naming them; ``run()`` executes the generated DAG end to end."""
 
     def __init__(
-        self, sc: Scenario, tmp_path: Path, *, global_cluster: str | None = None, **cluster_overrides: Any
+        self,
+        sc: Scenario,
+        tmp_path: Path,
+        *,
+        global_cluster: str | None = None,
+        db_instance: str | None = None,
+        **cluster_overrides: Any,
     ) -> None:
-        """``global_cluster``: make the cluster the primary of a new Aurora Global Database."""
+        """``global_cluster``: make the cluster the primary of a new Aurora Global Database.
+        ``db_instance``: instead of the Aurora cluster, an RDS for PostgreSQL DB instance of that id
+        (log export on), configured with ``db_instance_id``; the scenario's server is that instance."""
         self.sc = sc
+        self.db_instance = db_instance
         self.rds = _client(sc, "rds")
         self.sns = _client(sc, "sns")
         self.sqs = _client(sc, "sqs")
         self.config_path = tmp_path / "inactive_users.yaml"
         if global_cluster:
             self.rds.create_global_cluster(GlobalClusterIdentifier=global_cluster, Engine="aurora-postgresql")
-        create_aurora(
-            self.rds, sc.cluster_id, master_user=MASTER, exports=["postgresql"], global_cluster=global_cluster
-        )
+        if db_instance:
+            create_rds_instance(self.rds, db_instance, master_user=MASTER, exports=["postgresql"])
+        else:
+            create_aurora(
+                self.rds,
+                sc.cluster_id,
+                master_user=MASTER,
+                exports=["postgresql"],
+                global_cluster=global_cluster,
+            )
         self.topic_arn, self.queue_url = alert_topic_with_queue(self.sns, self.sqs, "dba-alerts", "dba-inbox")
         self.write_config(**cluster_overrides)
         sc.monkeypatch.setenv("INACTIVE_USERS_CONFIG", str(self.config_path))
@@ -41,13 +57,20 @@ class DagHarness:
     def write_config(self, defaults: dict[str, Any] | None = None, **cluster: Any) -> None:
         # moto's instance endpoints are names no server answers: both instances are this server
         here = f"127.0.0.1:{self.sc.pg.port}"
+        target: dict[str, Any] = (
+            {"db_instance_id": self.db_instance, "instance_endpoints": {self.db_instance: here}}
+            if self.db_instance
+            else {
+                "cluster_id": self.sc.cluster_id,
+                "instance_endpoints": {self.sc.writer: here, self.sc.reader: here},
+                "global_secondaries": [],
+            }
+        )
         entry = {
-            "cluster_id": self.sc.cluster_id,
+            **target,
             "postgres_conn_id": self.sc.pg_conn_id,
             "aws_conn_id": self.sc.aws_conn_id,
             "region_name": "us-east-1",
-            "instance_endpoints": {self.sc.writer: here, self.sc.reader: here},
-            "global_secondaries": [],
             **cluster,
         }
         base = {
@@ -62,9 +85,8 @@ class DagHarness:
     def dag(self, dag_id: str | None = None) -> Any:
         from inactive_users.face.dag_factory import build_dags
 
-        return build_dags(self.config_path)[
-            dag_id or f"inactive_users__{self.sc.cluster_id.replace('-', '_')}"
-        ]
+        target = self.db_instance or self.sc.cluster_id
+        return build_dags(self.config_path)[dag_id or f"inactive_users__{target.replace('-', '_')}"]
 
     def run(self, conf: dict[str, Any] | None = None, dag_id: str | None = None) -> dict[str, str]:
         """One DAG run; returns each task's final state."""

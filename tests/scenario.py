@@ -123,9 +123,11 @@ class Scenario:
         server: PgCluster | None = None,
         cluster_id: str | None = None,
         region: str = "us-east-1",
+        log_group: str | None = None,
     ) -> int:
         """Ship the lines ``server`` (default: the primary) logged since its last ship to ``instance``'s
-        stream (default: the writer) of ``cluster_id``'s log group (default: this cluster's)."""
+        stream (default: the writer) of ``cluster_id``'s log group (default: this cluster's), or of
+        ``log_group``."""
         server = server or self.pg
         self.flush_log(server)
         client = self.logs if region == "us-east-1" else boto_client(self.moto.endpoint_url, "logs", region)
@@ -138,6 +140,7 @@ class Scenario:
             tz=server.timezone,  # Aurora stamps each event with the line's own time
             region=region,
             log_line_prefix=server.log_line_prefix,
+            log_group=log_group,
         )
         return shipped
 

@@ -298,6 +298,29 @@ def test_requests_sent_stay_within_the_budget(
     assert source.retention_days() == 30 and source.stats.sent == sent
 
 
+def test_every_stream_of_an_instance_group_is_read_within_the_budget(
+    logs_data: dict[str, Any], moto: MotoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An RDS instance's own log group: its streams are listed (DescribeLogStreams, through the same
+    budget), each is read as a stream of its own, and the instance's summary merges them."""
+    group = "/aws/rds/instance/cc-db/postgresql"
+    names = {BUSY: "cc-db", MEDIUM: "cc-db.1", QUIET: "cc-db.2", EMPTY: "cc-db.3"}  # not assumed
+    for stream, events in logs_data["streams"].items():
+        shipper.ship(logs_data["logs"], CLUSTER, names[stream], events, log_group=group)
+    expected = LoginSummary()
+    for stream in (BUSY, MEDIUM, QUIET, EMPTY):
+        expected.merge(logs_data["expected"][stream])
+    with FaultProxy(moto.endpoint_url, latency_seconds=0.1) as proxy:
+        connect_through(monkeypatch, proxy.endpoint_url)
+        source = reader(log_group=group, streams={"cc-db": None}, max_concurrency=3, requests_per_second=5)
+        got = source.read_many({"cc-db": logs_data["windows"][BUSY]}, SETTLE)
+        arrivals = [e.at for e in proxy.events]
+        operations = [e.operation for e in proxy.events]
+    assert_same(got, {"cc-db": expected})
+    assert operations.count("DescribeLogStreams") == 1 and len(arrivals) == source.stats.sent
+    assert max_per_second(arrivals) <= 5 + 1
+
+
 def test_retention_days(logs_data: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     logs = logs_data["logs"]
     connect_through(monkeypatch, logs.meta.endpoint_url)

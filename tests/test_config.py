@@ -81,6 +81,21 @@ def test_shipped_example_config_is_valid() -> None:
     assert loaded.errors == [] and [c.cluster_id for c in loaded.clusters] == ["orders-prod"]
 
 
+def test_the_commented_examples_of_the_shipped_config_are_valid_once_uncommented(tmp_path: Path) -> None:
+    shipped = (Path(__file__).resolve().parents[1] / "dags" / "inactive_users.yaml").read_text()
+    lines = [
+        line.replace("  # ", "  ", 1) if line.startswith(("  # - ", "  #   ")) else line
+        for line in shipped.splitlines()
+    ]
+    loaded = load(write(tmp_path, "\n".join(lines)))
+    assert loaded.errors == []
+    assert [(c.cluster_id, c.id_key) for c in loaded.clusters] == [
+        ("orders-prod", "cluster_id"),
+        ("billing-db", "db_instance_id"),
+        ("reports-pg", "cluster_id"),
+    ]
+
+
 BAD_VALUES: list[tuple[dict[str, Any], str]] = [
     ({"lock_after_dayz": 3}, "clusters[1] ('orders-prod'): unknown key 'lock_after_dayz'"),
     ({"lock_after_days": "90"}, "lock_after_days must be int or null, got '90'"),
@@ -112,6 +127,7 @@ BAD_VALUES: list[tuple[dict[str, Any], str]] = [
     ({"retries": 1.5}, "retries must be int, got 1.5"),
     ({"exempt_groups": "dba"}, "exempt_groups must be list, got 'dba'"),
     ({"exempt_groups": [None]}, "exempt_groups must be a list of strings, got (None,)"),
+    ({"ignore_wal_receivers": "barman"}, "ignore_wal_receivers must be list, got 'barman'"),
     ({"include_superusers": "no"}, "include_superusers must be bool, got 'no'"),
     ({"override_guard": 1}, "override_guard must be bool, got 1"),
     ({"lookback_hours": 0}, "lookback_hours must be a positive number, got 0"),
@@ -124,7 +140,12 @@ BAD_VALUES: list[tuple[dict[str, Any], str]] = [
     ({"region_name": ["us-east-1"]}, "region_name must be str or null, got ['us-east-1']"),
     ({"master_user": 7}, "master_user must be str or null, got 7"),
     ({"log_group": False}, "log_group must be str or null, got False"),
-    ({"instances": ["i-1", ""]}, "instances must be a non-empty list of instance names"),
+    ({"instances": ["i-1", ""]}, "instances[2] must be an instance name or a mapping with name"),
+    ({"db_instance_id": "orders-db"}, "give either cluster_id (an Aurora or Multi-AZ DB cluster"),
+    (
+        {"read_replicas": [{"db_instance_id": "orders-db-r1"}]},
+        "read_replicas cannot be used with cluster_id: read_replicas is for an RDS DB instance",
+    ),
     ({"alert": {"slack_conn_id": 3}}, "alert.slack_conn_id must be a string or null, got 3"),
     ({"alert": "sns"}, "alert must be dict, got 'sns'"),
     ({"logs_requests_per_second": 0}, "logs_requests_per_second must be a number in (0, 100], got 0"),
@@ -366,18 +387,122 @@ def test_run_options_report_each_effective_value(tmp_path: Path) -> None:
     }
 
 
+RDS = {"db_instance_id": "orders-db", "postgres_conn_id": "orders_pg"}
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"postgres_conn_id": "x"}, "clusters[1]: cluster_id or db_instance_id is required"),
+        ({**RDS, "db_instance_id": "orders_db"}, "db_instance_id 'orders_db' is not a valid DB instance"),
+        ({**RDS, "instances": ["a"]}, "instances cannot be used with db_instance_id"),
+        ({**RDS, "global_secondaries": []}, "global_secondaries cannot be used with db_instance_id"),
+        ({**RDS, "read_replicas": [{"region_name": "eu-west-1"}]}, "read_replicas[1]: db_instance_id must"),
+        (
+            {**RDS, "read_replicas": [{"db_instance_id": "r1", "region_name": "europe"}]},
+            "read_replicas[1]: region_name must be an AWS region such as 'eu-west-1', got 'europe'",
+        ),
+        (
+            {**RDS, "read_replicas": [{"db_instance_id": "r1", "log_group": "a b"}]},
+            "read_replicas[1]: log_group must be a CloudWatch Logs log group name, got 'a b'",
+        ),
+        ({**RDS, "read_replicas": [{"db_instance_id": "r1", "port": 1}]}, "unknown key(s) ['port']"),
+        ({**RDS, "read_replicas": [{"db_instance_id": "r1"}] * 2}, "read_replicas[2]: 'r1' is listed twice"),
+        ({**RDS, "read_replicas": "r1"}, "read_replicas must be list or null, got 'r1'"),
+        (
+            {**RDS, "log_group": "no spaces please"},
+            "log_group must be a CloudWatch Logs log group name, got 'no spaces please'",
+        ),
+        ({**ENTRY, "instances": [{"name": "a", "host": "x"}]}, "instances[1]: unknown key(s) ['host']"),
+        ({**ENTRY, "instances": [{"log_group": "/pg/a"}]}, "instances[1]: name must be the instance's name"),
+        ({**ENTRY, "instances": [{"name": "a", "log_stream": "a:b"}]}, "log_stream must be a CloudWatch"),
+        ({**ENTRY, "instances": ["a", "a"]}, "instance 'a' is listed twice in instances"),
+        (
+            {**ENTRY, "instances": [{"name": "a", "log_group": "/pg"}, {"name": "b", "log_group": "/pg"}]},
+            "instances 'a' and 'b' both read log group '/pg'; give each its own log_group",
+        ),
+        (
+            {**ENTRY, "instances": ["a", {"name": "b", "log_stream": "a"}]},
+            "instances 'a' and 'b' both read stream 'a' of the entry's log group",
+        ),
+        (
+            {
+                **ENTRY,
+                "instances": [
+                    {"name": "a", "log_group": "/pg"},
+                    {"name": "b", "log_group": "/pg", "log_stream": "b"},
+                ],
+            },
+            "instances 'a' and 'b' both read log group '/pg'",
+        ),
+    ],
+)
+def test_rds_and_self_managed_entries_name_what_is_wrong(tmp_path: Path, entry: Any, message: str) -> None:
+    loaded = load(write(tmp_path, {"clusters": [entry]}))
+    assert loaded.clusters == [] and len(loaded.errors) == 1
+    assert message in loaded.errors[0], loaded.errors[0]
+
+
+def test_an_rds_instance_entry_and_where_each_instance_log_is(tmp_path: Path) -> None:
+    from inactive_users.core.config import CLUSTER, DB_INSTANCE, ConfiguredInstance, ReadReplica
+
+    doc = {
+        "clusters": [
+            {
+                **RDS,
+                "region_name": "us-east-1",
+                "read_replicas": [
+                    {"db_instance_id": "orders-db-r1"},
+                    {"db_instance_id": "orders-db-eu", "region_name": "eu-west-1", "log_group": "/x/y"},
+                ],
+            },
+            {"db_instance_id": "billing-db", "postgres_conn_id": "b", "read_replicas": []},
+            {
+                **ENTRY,
+                "log_group": "/pg/shared",
+                "instances": [
+                    "primary-1",
+                    {"name": "standby-1", "log_group": "/pg/standby-1"},
+                    {"name": "standby-2", "log_stream": "standby-2.log"},
+                    {"name": "standby-3", "log_group": "/pg/standby-3", "log_stream": "s3"},
+                ],
+            },
+        ]
+    }
+    loaded = load(write(tmp_path, doc))
+    assert loaded.errors == [], loaded.errors
+    rds, billing, managed = loaded.clusters
+    assert (rds.kind, rds.cluster_id, rds.dag_id, rds.id_key) == (
+        DB_INSTANCE,
+        "orders-db",
+        "inactive_users__orders_db",
+        "db_instance_id",
+    )
+    assert rds.read_replicas == (
+        ReadReplica("orders-db-r1", None, None),
+        ReadReplica("orders-db-eu", "eu-west-1", "/x/y"),
+    )
+    assert billing.read_replicas == () and billing.instances is None
+    assert (managed.kind, managed.id_key) == (CLUSTER, "cluster_id")
+    assert managed.instances == (
+        ConfiguredInstance("primary-1"),
+        ConfiguredInstance("standby-1", "/pg/standby-1"),
+        ConfiguredInstance("standby-2", None, "standby-2.log"),
+        ConfiguredInstance("standby-3", "/pg/standby-3", "s3"),
+    )
+
+
 @pytest.mark.parametrize(
     ("keys", "kind"),
     [
-        ({}, "Aurora cluster"),
-        ({"instances": ["db-1"], "log_group": "/aws/rds/instance/db-1/postgresql"}, "RDS instance"),
-        ({"instances": ["mz-1", "mz-2", "mz-3"]}, "Multi-AZ DB cluster"),
-        ({"instances": ["mz-1"], "log_group": "/aws/rds/cluster/mz/postgresql"}, "Multi-AZ DB cluster"),
-        ({"instances": ["pg-1"], "log_group": "/self/postgresql"}, "self-managed"),
+        ({}, "Aurora or Multi-AZ DB cluster"),
+        ({"cluster_id": None, "db_instance_id": "orders-db"}, "RDS instance"),
+        ({"instances": ["pg-1", "pg-2"]}, "self-managed"),
     ],
 )
 def test_the_engine_kind_follows_the_entry_keys(tmp_path: Path, keys: dict[str, Any], kind: str) -> None:
     from inactive_users.core.kinds import engine_kind
 
-    [cluster] = one(tmp_path, **keys).clusters
+    entry = {k: v for k, v in {**ENTRY, **keys}.items() if v is not None}
+    [cluster] = load(write(tmp_path, {"clusters": [entry]})).clusters
     assert engine_kind(cluster) == kind

@@ -236,6 +236,11 @@ def test_a_real_run_writes_evidence_that_matches_the_state_table(
     assert (by_action["lock"], by_action["drop"], by_action["ready_to_delete"]) == (1, 1, 1)
     assert manifest["settings"]["lock_after_days"] == 90
     assert manifest["settings"]["exclude_users"] == ["held_excluded"]
+    # where the logins and sessions were read: both instances of the cluster, at their endpoints
+    assert [(i["instance"], i["log_group"], i["sessions"]) for i in manifest["instances_read"]] == [
+        (instance, f"/aws/rds/cluster/{sc.cluster_id}/postgresql", f"127.0.0.1:{sc.pg.port}")
+        for instance in (sc.writer, sc.reader)
+    ]
     assert manifest["job_user"]["session_user"] == sc.sql("SELECT current_user::text")[0][0]
     assert manifest["roles"] == len(rows)
 

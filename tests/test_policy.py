@@ -247,3 +247,41 @@ def test_excluded_roles_are_never_acted_on(
     assert all(i.status == ACTIVE for i in plan.lock)
     if not override and plan.guard_error is None and plan.new_actions:
         assert plan.new_actions / plan.candidates <= ratio
+
+
+def test_how_far_back_a_login_still_changes_a_decision() -> None:
+    assert Thresholds(90, 180).horizon == timedelta(days=180)
+    assert Thresholds(90, None).horizon == timedelta(days=90)
+    assert Thresholds(None, None).horizon is None
+
+
+def test_a_new_instance_opens_a_retention_gap_only_if_it_may_have_had_logins_that_expired() -> None:
+    from inactive_users.core.policy import new_instance_gap
+
+    now = datetime(2026, 12, 7, tzinfo=UTC)
+    read_from = now - timedelta(days=180)
+    group = "/aws/rds/instance/db-r1/postgresql"
+    gap = new_instance_gap("db-r1", read_from, now, 30, group, None)
+    assert gap is not None and gap.startswith("db-r1: read for the first time, but log group ")
+    assert "keeps events for 30 days, so its logins before 2026-11-07T00:00:00+00:00" in gap
+    # never expiring, kept long enough, or created within the retention: nothing can be missing
+    assert new_instance_gap("db-r1", read_from, now, None, group, None) is None
+    assert new_instance_gap("db-r1", read_from, now, 365, group, None) is None
+    assert new_instance_gap("db-r1", read_from, now, 30, group, now - timedelta(days=2)) is None
+    assert new_instance_gap("db-r1", read_from, now, 30, group, now - timedelta(days=40)) is not None
+
+
+def test_the_standby_guard_counts_each_server_once_and_skips_archivers() -> None:
+    from inactive_users.core.policy import standby_error
+
+    ignored = ("pg_receivewal",)
+    # an RDS primary with a replica and a replica of it: three instances, two receivers
+    tree = {"db": ("t1", ["walreceiver"]), "db-r1": ("t2", ["walreceiver"]), "db-r1-r1": ("t3", [])}
+    assert standby_error(tree, 3, ignored) is None
+    # the same primary configured alone: its replica is not read
+    error = standby_error({"db": ("t1", ["walreceiver", "pg_receivewal"])}, 1, ignored)
+    assert error is not None and error.startswith("standby guard: db sends its WAL to 1 ('walreceiver')")
+    assert "at least 1 standby whose logins and sessions count is not read" in error
+    # two instance names for one server (a tunnel, a test) count its receivers once
+    assert standby_error({"w": ("t1", ["a"]), "r": ("t1", ["a"])}, 2, ignored) is None
+    assert standby_error({"aurora-1": ("t1", []), "aurora-2": ("t2", [])}, 2, ignored) is None

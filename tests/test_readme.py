@@ -15,7 +15,7 @@ import psycopg
 import pytest
 import yaml
 
-from devstack.awsfixtures import create_aurora
+from devstack.awsfixtures import create_aurora, create_rds_instance
 from devstack.motoserver import boto_client
 from inactive_users.core.config import load
 from tests.privileges import create_job_user
@@ -68,22 +68,53 @@ def test_the_approval_call_is_the_one_the_live_test_makes() -> None:
     assert json.loads(args[args.index("-d") + 1]) == {"chosen_options": ["Approve"]}
 
 
-def test_the_aws_cli_command_is_a_valid_call(scenario: Scenario) -> None:
-    """Turn the README's `aws rds …` line into the same API call and make it against moto."""
-    [line] = console("aws rds ")
-    args = shlex.split(line)
-    assert args[:3] == ["aws", "rds", "modify-db-cluster"]
-    options = dict(zip(args[3::2], args[4::2], strict=True))
-    rds = boto_client(scenario.moto.endpoint_url, "rds")
-    create_aurora(rds, "orders-prod", master_user="master", exports=[])
-    rds.modify_db_cluster(
-        DBClusterIdentifier=options["--db-cluster-identifier"],
-        CloudwatchLogsExportConfiguration=json.loads(options["--cloudwatch-logs-export-configuration"]),
-    )
-    # the call was accepted; moto applies export changes to instances only, so check the API model
-    members = rds.meta.service_model.operation_model("ModifyDBCluster").input_shape.members
-    assert members["CloudwatchLogsExportConfiguration"].members["EnableLogTypes"].type_name == "list"
+def test_the_aws_cli_commands_are_valid_calls(scenario: Scenario) -> None:
+    """Turn each of the README's `aws rds …` lines into the same API call and make it against moto."""
+    lines = console("aws rds ")
+    assert [shlex.split(line)[2] for line in lines] == ["modify-db-cluster", *["modify-db-instance"] * 2]
+    for line in lines:
+        args = shlex.split(line)
+        options = dict(zip(args[3::2], args[4::2], strict=True))
+        rds = boto_client(scenario.moto.endpoint_url, "rds", options.get("--region", "us-east-1"))
+        exports = json.loads(options["--cloudwatch-logs-export-configuration"])
+        if args[2] == "modify-db-cluster":
+            create_aurora(rds, "orders-prod", master_user="master", exports=[])
+            rds.modify_db_cluster(
+                DBClusterIdentifier=options["--db-cluster-identifier"],
+                CloudwatchLogsExportConfiguration=exports,
+            )
+            # the call was accepted; moto applies export changes to instances only: check the API model
+            members = rds.meta.service_model.operation_model("ModifyDBCluster").input_shape.members
+            assert members["CloudwatchLogsExportConfiguration"].members["EnableLogTypes"].type_name == "list"
+            continue
+        iid = options["--db-instance-identifier"]
+        create_rds_instance(rds, iid, master_user="master", exports=[])
+        rds.modify_db_instance(DBInstanceIdentifier=iid, CloudwatchLogsExportConfiguration=exports)
+        described = rds.describe_db_instances(DBInstanceIdentifier=iid)["DBInstances"][0]
+        assert described["EnabledCloudwatchLogsExports"] == ["postgresql"]
     assert "--cloudwatch-logs-export-configuration" in README  # preflight's message names the same fix
+
+
+def test_the_yaml_examples_are_valid_configs(tmp_path: Path) -> None:
+    """Each YAML example loads as it is; the CloudWatch agent example ships where the config reads."""
+    from datetime import datetime
+
+    from inactive_users.core.config import CLUSTER, DB_INSTANCE
+
+    kinds = []
+    for i, block in enumerate(blocks("yaml")):
+        path = tmp_path / f"example-{i}.yaml"
+        path.write_text(block + "\n", encoding="utf-8")
+        loaded = load(path)
+        assert loaded.errors == [], loaded.errors
+        kinds += [(c.kind, c.dag_id) for c in loaded.clusters]
+    assert kinds == [(DB_INSTANCE, "inactive_users__orders_db"), (CLUSTER, "inactive_users__billing_pg")]
+    [agent] = [json.loads(b) for b in blocks("json") if '"logs_collected"' in b]
+    [shipped] = agent["logs"]["logs_collected"]["files"]["collect_list"]
+    standby = next(i for i in loaded.clusters[0].instances or () if i.name == "pg-standby")
+    assert (shipped["log_group_name"], shipped["log_stream_name"]) == (standby.log_group, standby.log_stream)
+    # the agent's timestamp format reads the start of a line written with %m (milliseconds)
+    assert datetime.strptime("2026-12-07 13:27:46.460", shipped["timestamp_format"]).microsecond == 460000
 
 
 def test_the_pool_command_makes_the_documented_pool(airflow_db: None) -> None:
@@ -132,6 +163,7 @@ def test_iam_policy_names_exactly_the_calls_the_code_makes() -> None:
         "rds:DescribeGlobalClusters",
         "logs:FilterLogEvents",
         "logs:DescribeLogGroups",
+        "logs:DescribeLogStreams",
         "sns:Publish",
         "rds-db:connect",
     }
@@ -139,7 +171,7 @@ def test_iam_policy_names_exactly_the_calls_the_code_makes() -> None:
     calls = set(
         re.findall(
             r"\.(describe_db_clusters|describe_db_instances|filter_log_events|describe_log_groups|"
-            r"publish_to_target)\(|get_paginator\(\"(describe_global_clusters)\"\)",
+            r"describe_log_streams|publish_to_target)\(|get_paginator\(\"(describe_global_clusters)\"\)",
             source,
         )
     )
@@ -150,6 +182,7 @@ def test_iam_policy_names_exactly_the_calls_the_code_makes() -> None:
         "describe_global_clusters",
         "filter_log_events",
         "describe_log_groups",
+        "describe_log_streams",
         "publish_to_target",
     }
     other_boto = set(re.findall(r"client\.([a-z_]+)\(", source)) - calls
@@ -222,8 +255,9 @@ def test_the_least_privilege_grants_are_enough_to_lock_and_drop(scenario: Scenar
     version = sc.pg.binaries.version
     sc.create_role("app_user")
     sc.create_role("stranger")  # not granted to the job on 16+: it must be left alone there
+    sc.create_role("pooled_user")  # idle by its logins, but a pool holds a session open
     sc.sql("CREATE ROLE rds_iam NOLOGIN")  # exists on Aurora
-    create_job_user(sc, ["app_user"])
+    create_job_user(sc, ["app_user", "pooled_user"])
     if version >= 16:
         members = sc.sql(
             "SELECT m.admin_option, m.inherit_option, m.set_option FROM pg_auth_members m "
@@ -236,9 +270,14 @@ def test_the_least_privilege_grants_are_enough_to_lock_and_drop(scenario: Scenar
     eng.sync_roles()
     sc.set_last_login("app_user", 100)
     sc.set_last_login("stranger", 100)
+    sc.set_last_login("pooled_user", 100)
+    sc.hold_session("pooled_user")
     sc.ship()
     report = eng.run([sc.writer])
     assert "app_user" in report.lock.names("locked")
+    # the job user may not read other roles' session details, yet sees that the session is there
+    assert report.plan is not None and report.plan.kept_active_session == ["pooled_user"]
+    assert sc.role("pooled_user")["can_login"] is True  # type: ignore[index]
     if version >= 16:
         assert report.lock.names("failed") == ["stranger"]
         assert sc.role("stranger")["can_login"] is True  # type: ignore[index]

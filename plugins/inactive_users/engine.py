@@ -19,7 +19,7 @@ from typing import Protocol, cast
 import psycopg
 
 from inactive_users.aws import evidencestore
-from inactive_users.aws.cloudwatch import LogSourceError
+from inactive_users.aws.cloudwatch import LogSourceError, log_group_name
 from inactive_users.core.alerts import scrub
 from inactive_users.core.exposure import Report
 from inactive_users.core.logformat import LogFormat, LogFormatError, compile_format
@@ -33,12 +33,15 @@ from inactive_users.core.policy import (
     StreamHealth,
     cloud_role_reason,
     exclusion_reason,
+    instance_error,
     log_gap_error,
     make_plan,
     managed_roles,
+    new_instance_gap,
     retention_error,
     retention_gap,
     session_error,
+    standby_error,
 )
 from inactive_users.core.settings import EngineSettings, SettingsError
 from inactive_users.postgres import actions, exposure, migrations, notices, planstore, state
@@ -56,6 +59,12 @@ class SafetyGuardError(RuntimeError):
 
 class LoginSource(Protocol):
     log_group: str
+    #: An instance's log streams where they are not the one named like it; None: every stream.
+    streams: dict[str, Sequence[str] | None]
+    missing_hint: str  # what to do when the log group does not exist
+
+    @property
+    def region(self) -> str | None: ...
 
     def read(self, instance: str, start: datetime, end: datetime, settle: timedelta) -> LoginSummary: ...
 
@@ -68,18 +77,27 @@ class LoginSource(Protocol):
 
 @dataclass(frozen=True)
 class LogStreams:
-    """The log streams of one cluster: the primary's (``cluster_id`` None) or a Global Database
-    secondary's, which has its own log group in its own region.
+    """Instances whose connection log is in one log group: the target's own, or a read replica's,
+    a Global Database secondary's or a self-managed standby's, in its own group and region.
 
-    A secondary's watermarks are kept under ``<cluster_id>/<instance>`` beside the primary's.
+    An instance's watermark is kept under its key: ``<prefix>/<instance>`` with a prefix (a
+    secondary cluster's id, a replica's region), else its name.
     """
 
-    cluster_id: str | None
+    prefix: str | None
     source: LoginSource
     instances: tuple[str, ...]
+    label: str = ""  # how logs and errors name it ("read replica db-2 (eu-west-1)")
+    created: Mapping[str, datetime] = field(default_factory=dict)  # instance -> creation, where known
 
     def key(self, instance: str) -> str:
-        return instance if self.cluster_id is None else f"{self.cluster_id}/{instance}"
+        return instance if self.prefix is None else f"{self.prefix}/{instance}"
+
+    def location(self, instance: str) -> state.LogLocation:
+        streams = self.source.streams.get(instance, [instance])
+        return state.LogLocation(
+            self.source.log_group, self.source.region, None if streams is None else tuple(streams)
+        )
 
 
 @dataclass
@@ -94,6 +112,7 @@ class IngestResult:
     first_ingest: int = 0
     retention_gaps: dict[str, str] = field(default_factory=dict)
     session_errors: dict[str, str] = field(default_factory=dict)
+    stopped_reading: dict[str, str] = field(default_factory=dict)  # instance -> why
 
 
 @dataclass
@@ -122,6 +141,8 @@ class Engine:
         override_retention: bool = False,
         log_format: LogFormat | None = None,
         connect_database: ConnectDatabase | None = None,
+        instance_problems: Mapping[str, str] | None = None,
+        open_source: Callable[[state.LogLocation], LoginSource] | None = None,
     ) -> None:
         self._connect = connect
         # Reaches the cluster's other databases, where the objects blocking a drop are named;
@@ -139,6 +160,11 @@ class Engine:
         self.secondaries = tuple(secondaries)
         self.override_retention = override_retention
         self.log_format = log_format  # the server's log_line_prefix, as the log sources read it
+        # Instances of the topology whose logins or sessions cannot be read (preflight found why):
+        # lock and drop wait, the rest of the run goes on.
+        self.instance_problems = dict(instance_problems or {})
+        # Opens a log where an instance that left the topology was read, for its last read.
+        self.open_source = open_source
 
     @classmethod
     def from_airflow(
@@ -154,6 +180,8 @@ class Engine:
         log_group: str | None = None,
         use_lease: bool = False,
         log_format: LogFormat | None = None,
+        streams: Mapping[str, Sequence[str] | None] | None = None,
+        missing_hint: str | None = None,
     ) -> Engine:
         """An engine whose credentials all come from Airflow connections."""
         from airflow.providers.postgres.hooks.postgres import PostgresHook
@@ -167,18 +195,23 @@ class Engine:
         def connect() -> psycopg.Connection:  # Engine.connection() makes it autocommit
             return cast(psycopg.Connection, hook.get_conn())
 
-        logs = None
-        if cluster_id is not None:
-            logs = CloudWatchLogins(
-                cluster_id,
+        def open_source(where: state.LogLocation, name: str = cluster_id or "") -> CloudWatchLogins:
+            return CloudWatchLogins(
+                name,
                 aws_conn_id,
-                region_name,
+                where.region_name,
                 page_size=settings.page_size,
-                log_group=log_group,
+                log_group=where.log_group,
                 requests_per_second=settings.logs_requests_per_second,
                 max_concurrency=settings.logs_max_concurrency,
                 log_format=log_format,
+                streams=streams,
+                missing_hint=missing_hint,
             )
+
+        logs = None
+        if cluster_id is not None:
+            logs = open_source(state.LogLocation(log_group or log_group_name(cluster_id), region_name, None))
         return cls(
             connect,
             settings,
@@ -188,6 +221,7 @@ class Engine:
             use_lease=use_lease,
             log_format=log_format,
             connect_database=airflow_database_connector(postgres_conn_id),
+            open_source=lambda where: open_source(where),
         )
 
     @contextmanager
@@ -480,7 +514,12 @@ class Engine:
     def _scan_sessions(self, conn: psycopg.Connection) -> SessionScan:
         """Open sessions on every instance; with no instance map, on this connection's server."""
         if self.sessions is None:
-            return SessionScan(oids=state.active_session_oids(conn), read=["(this connection)"])
+            here = "(this connection)"
+            return SessionScan(
+                oids=state.active_session_oids(conn),
+                read=[here],
+                wal_receivers={here: state.wal_receivers(conn)},
+            )
         return scan_sessions(self.sessions)
 
     def _ingest(
@@ -490,86 +529,68 @@ class Engine:
             raise SettingsError("no log source configured: the engine needs a cluster_id to read logins")
         now = now or state.db_now(conn)
         marks = state.fetch_watermarks(conn, self.schema)
+        sets = [LogStreams(None, self.logs, tuple(instances), "the target"), *self.secondaries]
+        keys = {s.key(i) for s in sets for i in s.instances}
+        # instances that left the topology (a replica removed, an instance taken out of the config)
+        # are read one last time, up to now, so no login of theirs is lost
+        leaving = [m for k, m in sorted(marks.items()) if k not in keys]
         total = LoginSummary()
         result = IngestResult()
         new_marks: list[state.Watermark] = []
         pending: dict[str, tuple[datetime, str]] = {}
-        unreadable: dict[str, str] = {}
-        for streams in [LogStreams(None, self.logs, tuple(instances)), *self.secondaries]:
-            key = streams.key
-            windows = {}
-            for instance in streams.instances:
-                mark = marks.get(key(instance))
-                windows[instance] = (
-                    mark.last_processed - self.settings.overlap if mark else now - self.settings.lookback,
-                    now,
-                )
-                if mark is not None:
-                    gap = retention_gap(
-                        key(instance),
-                        mark.last_processed,
-                        now,
-                        self.settings.overlap,
-                        streams.source.retention_days(),
-                        streams.source.log_group,
-                    )
-                    if gap is not None:
-                        result.retention_gaps[key(instance)] = gap
-            started = time.monotonic()
+        unreadable: dict[str, tuple[str, BaseException]] = {}
+        for mark in leaving:
+            last = self._last_read(mark)
+            if last is None:
+                why = "where its log is was not recorded (by a version before the job recorded it)"
+                unreadable[_leaving(mark.instance)] = (why, LogSourceError(why))
+            else:
+                sets.append(last)
+        for streams in sets:
             try:
+                windows = self._windows(streams, marks, now, result)
+                started = time.monotonic()
                 summaries = streams.source.read_many(windows, self.settings.settle)
             except Exception as exc:
-                if streams.cluster_id is None:
-                    raise  # the primary's own logs: the task fails (and retries) as before
-                unreadable[streams.cluster_id] = scrub(f"{type(exc).__name__}: {exc}")
-                log.error("logs of secondary cluster %s could not be read: %s", streams.cluster_id, exc)
+                if streams is sets[0]:
+                    raise  # the target's own logs: the task fails (and retries) as before
+                why = scrub(f"{type(exc).__name__}: {exc}")
+                if all(streams.key(i) in self.instance_problems for i in streams.instances):
+                    # preflight found why already: the plan refuses, naming it
+                    log.warning("logs of %s could not be read (as preflight found): %s", streams.label, why)
+                    continue
+                unreadable[streams.label] = (why, exc)
+                log.error("logs of %s could not be read: %s", streams.label, why)
                 continue
-            elapsed = time.monotonic() - started
             for instance, summary in summaries.items():
-                name = key(instance)
-                start = windows[instance][0]
+                name = streams.key(instance)
                 total.merge(summary)
                 for user, ts in summary.pending.items():
                     if user not in pending or ts > pending[user][0]:
                         pending[user] = (ts, name)
-                mark = marks.get(name)
-                candidates = [x for x in (mark.last_event if mark else None, summary.last_event) if x]
+                before = marks.get(name)
+                candidates = [x for x in (before.last_event if before else None, summary.last_event) if x]
                 last_event = max(candidates) if candidates else None
                 new_marks.append(
                     state.Watermark(
-                        name, now, last_event, None, summary.connection_events, summary.unrecognised_example
+                        name,
+                        now,
+                        last_event,
+                        None,
+                        summary.connection_events,
+                        summary.unrecognised_example,
+                        streams.location(instance),
                     )
                 )
-                result.instances[name] = {
-                    "from": start.isoformat(),
-                    "to": now.isoformat(),
-                    "events": summary.events,
-                    "logins": summary.logins,
-                    "users": len(summary.last_login),
-                    "rejected": sum(summary.rejected.values()),
-                    "failed_auth": sum(summary.failed_auth.values()),
-                    "unsettled": summary.unsettled,
-                    "last_event": last_event.isoformat() if last_event else None,
-                }
-                log.info(
-                    "ingest %s: read %s .. %s, %d events, %d logins by %d users, %d rejected after "
-                    "authorization, %d failed authentications, %d logins still settling",
-                    name,
-                    start.isoformat(),
-                    now.isoformat(),
-                    summary.events,
-                    summary.logins,
-                    len(summary.last_login),
-                    sum(summary.rejected.values()),
-                    sum(summary.failed_auth.values()),
-                    summary.unsettled,
-                )
+                result.instances[name] = _read_summary(name, windows[instance][0], now, summary, last_event)
             log.info(
-                "ingest: %d streams of %s read in %.2fs",
+                "ingest: %d instance(s) of %s read in %.2fs",
                 len(summaries),
-                streams.cluster_id or "the cluster",
-                elapsed,
+                streams.label,
+                time.monotonic() - started,
             )
+        retired = self._retire(leaving, unreadable, result, now)
+        new_marks = [m for m in new_marks if m.instance not in retired]
         sessions = self._scan_sessions(conn)
         with conn.transaction():
             state.take_action_lock(conn, self.schema, self.lease_run_id)
@@ -579,6 +600,7 @@ class Engine:
             state.save_pending_logins(conn, self.schema, pending)
             state.save_watermarks(conn, self.schema, new_marks)
             state.record_retention_gaps(conn, self.schema, result.retention_gaps)
+            state.retire_watermarks(conn, self.schema, self.run_id, retired)
         result.users_seen = len(total.last_login)
         result.failed_auth = dict(total.failed_auth)
         result.rejected = dict(total.rejected)
@@ -597,15 +619,121 @@ class Engine:
         )
         for gap in result.retention_gaps.values():
             log.warning("retention gap: %s", gap)
-        if unreadable:
-            raise LogSourceError(
-                "the connection logs of Global Database secondary cluster(s) could not be read: "
-                + "; ".join(f"{c}: {e}" for c, e in sorted(unreadable.items()))
-                + ". Roles used only there would look inactive, so this run stops before planning; "
-                "the primary's logins were applied. Fix access to the secondary's log group (region, "
-                "IAM logs:FilterLogEvents) or list global_secondaries explicitly, then re-run."
-            )
+        self._raise_unreadable(unreadable)
         return result
+
+    def _windows(
+        self,
+        streams: LogStreams,
+        marks: Mapping[str, state.Watermark],
+        now: datetime,
+        result: IngestResult,
+    ) -> dict[str, tuple[datetime, datetime]]:
+        """Each instance's read window: from its watermark (minus the overlap); a new instance of a
+        target read before, as far back as a login still changes a decision; on the first run, the
+        lookback. Notes the retention gaps those windows open."""
+        windows = {}
+        reach = max(self.settings.thresholds().horizon or self.settings.lookback, self.settings.lookback)
+        for instance in streams.instances:
+            key = streams.key(instance)
+            mark = marks.get(key)
+            if mark is not None:
+                windows[instance] = (mark.last_processed - self.settings.overlap, now)
+                gap = retention_gap(
+                    key,
+                    mark.last_processed,
+                    now,
+                    self.settings.overlap,
+                    streams.source.retention_days(),
+                    streams.source.log_group,
+                )
+            elif marks:
+                windows[instance] = (now - reach, now)
+                gap = new_instance_gap(
+                    key,
+                    windows[instance][0],
+                    now,
+                    streams.source.retention_days(),
+                    streams.source.log_group,
+                    streams.created.get(instance),
+                )
+                log.info("%s is read for the first time, from %s", key, windows[instance][0].isoformat())
+            else:
+                windows[instance] = (now - self.settings.lookback, now)
+                gap = None
+            if gap is not None:
+                result.retention_gaps[key] = gap
+        return windows
+
+    def _last_read(self, mark: state.Watermark) -> LogStreams | None:
+        """Where an instance that left the topology was read, for its last read (keyed as it was);
+        None: not known."""
+        label = _leaving(mark.instance)
+        if mark.location is None:
+            if "/" in mark.instance or self.logs is None:
+                return None
+            # recorded before locations were: a bare key was that stream of the target's group
+            return LogStreams(None, self.logs, (mark.instance,), label)
+        if self.open_source is None:
+            return None
+        source = self.open_source(mark.location)
+        source.streams[mark.instance] = mark.location.log_streams
+        source.missing_hint = f"the log of {mark.instance}, which left the topology, is no longer there"
+        return LogStreams(None, source, (mark.instance,), label)
+
+    def _retire(
+        self,
+        leaving: Sequence[state.Watermark],
+        unreadable: dict[str, tuple[str, BaseException]],
+        result: IngestResult,
+        now: datetime,
+    ) -> dict[str, tuple[state.Watermark, str]]:
+        """The rows of instances that left the topology and were read one last time (or may go
+        unread, by the run's override_retention); one whose last read failed, or whose log has
+        expired in part (found now or recorded before), stays with a retention gap that refuses
+        lock and drop until it is read or overridden."""
+        retired: dict[str, tuple[state.Watermark, str]] = {}
+        for mark in leaving:
+            failure = unreadable.pop(_leaving(mark.instance), None)
+            expired = result.retention_gaps.get(mark.instance) or mark.retention_gap
+            if failure is None and expired is None:
+                why = f"no longer in the topology; its log was read a last time, up to {now.isoformat()}"
+            elif self.override_retention:
+                lost = failure[0] if failure else expired
+                why = (
+                    f"no longer in the topology; its log after {mark.last_processed.isoformat()} was "
+                    f"not read in full ({lost}), accepted by override_retention"
+                )
+                result.retention_gaps.pop(mark.instance, None)
+            else:
+                if failure is not None:
+                    result.retention_gaps[mark.instance] = (
+                        f"{mark.instance}: left the topology, and its log after "
+                        f"{mark.last_processed.isoformat(timespec='seconds')} could not be read "
+                        f"({failure[0]})"
+                    )
+                continue
+            retired[mark.instance] = (mark, why)
+            result.stopped_reading[mark.instance] = why
+            log.warning("stopped reading %s: %s", mark.instance, why)
+        return retired
+
+    @staticmethod
+    def _raise_unreadable(unreadable: Mapping[str, tuple[str, BaseException]]) -> None:
+        """Fail the task, after the logins read were applied, when any other log group could not be
+        read: a transient error as itself (Airflow retries it), else one error naming them all."""
+        if not unreadable:
+            return
+        for _, exc in unreadable.values():
+            if not isinstance(exc, LogSourceError | SettingsError):
+                raise exc
+        raise LogSourceError(
+            "the connection logs of "
+            + "; ".join(f"{label}: {why}" for label, (why, _) in sorted(unreadable.items()))
+            + " could not be read. Roles used only there would look inactive, so this run stops "
+            "before planning; the logins read elsewhere were applied. Fix the log export or access "
+            "to that log group (region, IAM logs:FilterLogEvents, logs:DescribeLogStreams), then re-run."
+        )
 
     def _stream_keys(self, instances: Sequence[str]) -> list[str]:
         """Every log stream this engine reads, as its watermark is keyed."""
@@ -627,9 +755,11 @@ class Engine:
             state.fetch_pending_logins(conn, self.schema),
         )
         plan.refuse(session_error(sessions.errors))
+        plan.refuse(instance_error(self.instance_problems))
         if instances is not None:
             marks = state.fetch_watermarks(conn, self.schema)
             keys = self._stream_keys(instances)
+            plan.refuse(standby_error(sessions.wal_receivers, len(keys), self.settings.ignore_wal_receivers))
             health = {
                 k: StreamHealth(m.last_event, m.connection_events, m.unrecognised_example)
                 if (m := marks.get(k))
@@ -638,11 +768,12 @@ class Engine:
             }
             prefix = self.log_format.prefix if self.log_format else None
             plan.refuse(log_gap_error(health, now, self.settings.max_log_gap, prefix))
-            gaps = {k: marks[k].retention_gap for k in keys if k in marks and marks[k].retention_gap}
+            # every recorded gap: an instance that left the topology unread keeps its row and gap
+            gaps = {k: m.retention_gap for k, m in marks.items() if m.retention_gap is not None}
             if gaps and self.override_retention:
                 log.warning("retention gaps overridden for this run (trigger conf): %s", gaps)
             else:
-                plan.refuse(retention_error(cast(dict[str, str], gaps)))
+                plan.refuse(retention_error(gaps))
         log.info(
             "plan at %s: %d candidates; lock %d%s; delete %d%s; kept (open session) %d%s; "
             "kept (login still settling) %d%s; excluded %d",
@@ -719,3 +850,38 @@ def _log_report(step: str, report: ActionReport) -> None:
         level = logging.WARNING if o.action == "failed" else logging.INFO
         extra = f"; blocked by: {o.blockers}" if o.blockers else ""
         log.log(level, "%s: %r %s (%s)%s", step, o.name, o.action, o.reason, extra)
+
+
+def _leaving(instance: str) -> str:
+    """How logs and errors name an instance that left the topology."""
+    return f"{instance} (left the topology)"
+
+
+def _read_summary(
+    name: str, start: datetime, now: datetime, summary: LoginSummary, last_event: datetime | None
+) -> dict[str, object]:
+    """What ingest read of one instance, for its XCom; logged."""
+    log.info(
+        "ingest %s: read %s .. %s, %d events, %d logins by %d users, %d rejected after "
+        "authorization, %d failed authentications, %d logins still settling",
+        name,
+        start.isoformat(),
+        now.isoformat(),
+        summary.events,
+        summary.logins,
+        len(summary.last_login),
+        sum(summary.rejected.values()),
+        sum(summary.failed_auth.values()),
+        summary.unsettled,
+    )
+    return {
+        "from": start.isoformat(),
+        "to": now.isoformat(),
+        "events": summary.events,
+        "logins": summary.logins,
+        "users": len(summary.last_login),
+        "rejected": sum(summary.rejected.values()),
+        "failed_auth": sum(summary.failed_auth.values()),
+        "unsettled": summary.unsettled,
+        "last_event": last_event.isoformat() if last_event else None,
+    }

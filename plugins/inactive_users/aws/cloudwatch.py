@@ -1,7 +1,12 @@
-"""Read connection events from Aurora's CloudWatch Logs export (the AWS I/O shell).
+"""Read connection events from the CloudWatch Logs export of a PostgreSQL log (the AWS I/O shell).
 
 Aurora writes each instance's PostgreSQL log to stream ``<instance-id>`` of log group
-``/aws/rds/cluster/<cluster-id>/postgresql``. We ask CloudWatch to filter server-side so only
+``/aws/rds/cluster/<cluster-id>/postgresql`` (so does an RDS Multi-AZ DB cluster); an RDS DB
+instance, each read replica too, to log group ``/aws/rds/instance/<instance-id>/postgresql`` in
+its own region, whose streams are read all, as ``DescribeLogStreams`` lists them (their names are
+not assumed); a self-managed server wherever its CloudWatch agent ships it. Each instance a
+:class:`CloudWatchLogins` reads is known by its key, and its streams by ``streams``. We ask
+CloudWatch to filter server-side so only
 connection lines travel: one query for ``"connection authorized"`` and one for ``"FATAL"`` (the
 rejections that follow an authorized line), merged back into time order.
 
@@ -45,7 +50,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -103,7 +108,13 @@ class _Cancelled(Exception):
 
 
 def log_group_name(cluster_id: str) -> str:
+    """Where Aurora and RDS Multi-AZ DB clusters export their PostgreSQL log (a stream per instance)."""
     return f"/aws/rds/cluster/{cluster_id}/postgresql"
+
+
+def instance_log_group_name(db_instance_id: str) -> str:
+    """Where an RDS for PostgreSQL DB instance (a read replica too) exports its PostgreSQL log."""
+    return f"/aws/rds/instance/{db_instance_id}/postgresql"
 
 
 def to_ms(ts: datetime) -> int:
@@ -238,10 +249,17 @@ class CloudWatchLogins:
         log_format: object | None = None,
         max_throttle_wait: float = MAX_THROTTLE_WAIT_SECONDS,
         slice_pages: int | None = None,
+        streams: Mapping[str, Sequence[str] | None] | None = None,
+        missing_hint: str | None = None,
     ) -> None:
         """``slice_pages``: the fewest pages a time slice of a busy query holds; 0 never slices.
         Default: :data:`SLICE_PAGES`, or 0 with ``max_concurrency=1`` (slices would only add
-        requests then)."""
+        requests then).
+
+        ``streams``: an instance's log streams, by the key :meth:`read_many` gets it by, where they
+        are not the one stream named like the key; None: every stream of the group.
+        ``missing_hint``: what to do when the log group does not exist (default: enable the
+        cluster's export)."""
         if not 1 <= page_size <= 10_000:
             raise ValueError(f"page_size must be between 1 and 10000, got {page_size!r}")
         if max_concurrency < 1:
@@ -251,6 +269,10 @@ class CloudWatchLogins:
         self.region_name = region_name
         self.page_size = page_size
         self.log_group = log_group or log_group_name(cluster_id)
+        self.streams = dict(streams or {})
+        self.missing_hint = missing_hint or (
+            f"enable the 'postgresql' log export on cluster {cluster_id!r} (EnableCloudwatchLogsExports)"
+        )
         self.requests_per_second = requests_per_second
         self.max_concurrency = max_concurrency
         self.log_format = log_format
@@ -269,6 +291,11 @@ class CloudWatchLogins:
         self._lock = threading.Lock()
         self._client: Any = None
         self._group_info: dict[str, Any] | None = None
+
+    @property
+    def region(self) -> str | None:
+        """The region read: the one given, else the Airflow connection's."""
+        return self.region_name or self.client.meta.region_name
 
     @property
     def client(self) -> Any:
@@ -315,13 +342,22 @@ class CloudWatchLogins:
         self.slice_plan = {}
         sent_before, throttled_before, started = self.stats.sent, self.stats.throttled, time.monotonic()
         try:
-            summaries = _Reading(self, windows, settle).run()
+            owners = self._streams_of(windows)
+            by_stream = _Reading(self, {s: windows[k] for s, k in owners.items()}, settle).run()
         finally:
             self.stats.throttle_wait = self._wait_clock.total()
+        summaries: dict[str, LoginSummary] = {}
+        for stream, summary in by_stream.items():  # one stream: its summary as it is
+            key = owners[stream]
+            if key in summaries:
+                summaries[key].merge(summary)
+            else:
+                summaries[key] = summary
+        summaries = {key: summaries.get(key) or LoginSummary() for key in windows}
         log.info(
             "read %d log streams of %s: %d requests (%d throttled and retried), at most %d in any "
             "second of a budget of %g/s, at most %d in flight; %d time slices (%.2fs)",
-            len(windows),
+            len(by_stream),
             self.log_group,
             self.stats.sent - sent_before,
             self.stats.throttled - throttled_before,
@@ -332,6 +368,42 @@ class CloudWatchLogins:
             time.monotonic() - started,
         )
         return summaries
+
+    def _streams_of(self, windows: Mapping[str, tuple[datetime, datetime]]) -> dict[str, str]:
+        """Each stream to read, with the key of the instance it belongs to."""
+        owners: dict[str, str] = {}
+        listed: list[str] | None = None
+        for key in windows:
+            names = self.streams.get(key, [key])
+            if names is None:
+                if listed is None:
+                    listed = self.list_streams()
+                names = listed
+                if not names:
+                    log.warning("log group %s has no streams: %s wrote nothing there", self.log_group, key)
+            for name in names:
+                owners[name] = key
+        return owners
+
+    def list_streams(self) -> list[str]:
+        """Every stream of the log group (``DescribeLogStreams``, within the request budget)."""
+        from botocore.exceptions import ClientError
+
+        kwargs: dict[str, Any] = {"logGroupName": self.log_group}
+        names: list[str] = []
+        while True:
+            try:
+                page = self._call("DescribeLogStreams", lambda: self.client.describe_log_streams(**kwargs))
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
+                    raise LogSourceError(self._missing_group_message()) from None
+                raise
+            names += [s["logStreamName"] for s in page.get("logStreams", [])]
+            token = page.get("nextToken")
+            if not token or token == kwargs.get("nextToken"):
+                log.info("log group %s: %d log streams %s", self.log_group, len(names), names[:20])
+                return names
+            kwargs["nextToken"] = token
 
     def retention_days(self) -> int | None:
         """The log group's retention in days (``retentionInDays``); None when events never expire."""
@@ -382,8 +454,7 @@ class CloudWatchLogins:
     def _missing_group_message(self) -> str:
         return (
             f"CloudWatch log group {self.log_group!r} not found in region "
-            f"{self.client.meta.region_name}: enable the 'postgresql' log export on cluster "
-            f"{self.cluster_id!r} (EnableCloudwatchLogsExports)"
+            f"{self.client.meta.region_name}: {self.missing_hint}"
         )
 
     def _stream_missing(self, stream: str) -> bool:

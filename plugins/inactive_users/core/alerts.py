@@ -65,11 +65,13 @@ def compose(
     upcoming_total: int | None = None,
     warn_before_days: int | None = None,
     decision: tuple[str, str] | None = None,
+    instances: Sequence[str] = (),
 ) -> Alert | None:
     """The alert for one run, or None when nobody was locked, dropped, flagged or failed, no
     approval was decided and none is upcoming.
 
     ``decision``: what a DBA decided on the run's drops, as a label for the subject and a line.
+    ``instances``: every instance whose logins and open sessions the run read (replicas too).
 
     ``outcomes`` may be a sample: ``totals`` then gives the complete count of each action, which
     the subject and each group's heading state, and each group says how many it does not list.
@@ -95,6 +97,8 @@ def compose(
     label = "DRY RUN " if dry_run else ""
     subject = subject_line(f"[inactive_users] {label}{cluster_id}: {summary}")
     lines = [f"Cluster: {cluster_id}", f"Run: {run_id}"]
+    if instances:
+        lines.append(f"Logins and open sessions read on: {', '.join(instances)}")
     if dry_run:
         lines.append(
             "DRY RUN: nothing was changed. This is the plan a real run would carry out"

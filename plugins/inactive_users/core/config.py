@@ -43,6 +43,7 @@ ENGINE_KEYS = (
     "warn_before_days",
     "notify_role_contacts",
     "approve_drops",
+    "ignore_wal_receivers",
 )
 OTHER_DEFAULT_KEYS = (
     "schedule",
@@ -56,6 +57,7 @@ OTHER_DEFAULT_KEYS = (
 )
 CLUSTER_ONLY_KEYS = (
     "cluster_id",
+    "db_instance_id",
     "postgres_conn_id",
     "aws_conn_id",
     "region_name",
@@ -64,8 +66,20 @@ CLUSTER_ONLY_KEYS = (
     "log_group",
     "instance_endpoints",
     "global_secondaries",
+    "read_replicas",
 )
+# Keys that only one kind of entry takes, with the kind that does
+_CLUSTER_KEYS = ("instances", "global_secondaries")  # with cluster_id
+_DB_INSTANCE_KEYS = ("read_replicas",)  # with db_instance_id
 SECONDARY_KEYS = ("cluster_id", "region_name", "log_group", "instance_endpoints")
+REPLICA_KEYS = ("db_instance_id", "region_name", "log_group")
+INSTANCE_KEYS = ("name", "log_group", "log_stream")
+
+#: ``cluster_id``: an Aurora cluster or an RDS Multi-AZ DB cluster (DescribeDBClusters), or with
+#: ``instances`` a self-managed set-up; ``db_instance_id``: an RDS for PostgreSQL DB instance and
+#: the read replicas that replicate from it (DescribeDBInstances).
+CLUSTER = "cluster"
+DB_INSTANCE = "db_instance"
 ALERT_KEYS = ("sns_topic_arn", "slack_conn_id", "email")
 EVIDENCE_KEYS = ("s3_uri", "kms_key_id", "aws_conn_id")
 _TYPES: dict[str, tuple[type, ...]] = {
@@ -90,17 +104,20 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "warn_before_days": (int, type(None)),
     "notify_role_contacts": (bool,),
     "approve_drops": (bool,),
+    "ignore_wal_receivers": (list,),
     "approval_timeout_hours": (int, float),
     "max_unprotected_days": (int, float),
     "ingest_pool": (str, type(None)),
     "instance_endpoints": (dict, type(None)),
     "global_secondaries": (list, type(None)),
+    "read_replicas": (list, type(None)),
     "schedule": (str, type(None)),
     "alert": (dict,),
     "evidence": (dict, type(None)),
     "retries": (int,),
     "lease_hours": (int, float),
     "cluster_id": (str,),
+    "db_instance_id": (str,),
     "postgres_conn_id": (str,),
     "aws_conn_id": (str, type(None)),
     "region_name": (str, type(None)),
@@ -110,6 +127,9 @@ _TYPES: dict[str, tuple[type, ...]] = {
 }
 _CLUSTER_ID = re.compile(r"[A-Za-z][A-Za-z0-9-]{0,62}")
 _REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d+")
+# CloudWatch Logs names: a log group 1-512 of these characters, a log stream 1-512 without ':' or '*'
+_LOG_GROUP = re.compile(r"[.\-_/#A-Za-z0-9]{1,512}")
+_LOG_STREAM = re.compile(r"[^:*]{1,512}")
 # S3 bucket naming rules (general purpose buckets): 3-63 of a-z 0-9 . -, a letter or digit at each end
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _HOST_PORT = re.compile(r"(?P<host>[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]):(?P<port>\d{1,5})")
@@ -168,8 +188,31 @@ class SecondaryCluster:
 
 
 @dataclass(frozen=True)
+class ReadReplica:
+    """An RDS read replica listed by the DBA (``read_replicas``) instead of found by DescribeDBInstances."""
+
+    db_instance_id: str
+    region_name: str | None = None  # None: the primary's region
+    log_group: str | None = None  # None: /aws/rds/instance/<db_instance_id>/postgresql
+
+
+@dataclass(frozen=True)
+class ConfiguredInstance:
+    """One server of a set-up the DBA lists (``instances``) and where its connection log is.
+
+    Without ``log_group`` the instance writes stream ``log_stream`` (default: its name) of the
+    entry's log group; with its own ``log_group``, that group's ``log_stream``, or every stream of
+    the group when no stream is named.
+    """
+
+    name: str
+    log_group: str | None = None
+    log_stream: str | None = None
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
-    cluster_id: str
+    cluster_id: str  # the configured identifier: a DB cluster's, or with kind DB_INSTANCE a DB instance's
     postgres_conn_id: str
     aws_conn_id: str | None = "aws_default"
     region_name: str | None = None
@@ -178,11 +221,13 @@ class ClusterConfig:
     alert: AlertConfig = field(default_factory=AlertConfig)
     retries: int = 2
     lease_hours: float = 1
-    instances: tuple[str, ...] | None = None  # set for RDS / self-managed: no DescribeDBClusters
+    kind: str = CLUSTER
+    instances: tuple[ConfiguredInstance, ...] | None = None  # self-managed: no DescribeDBClusters
     master_user: str | None = None
     log_group: str | None = None
     instance_endpoints: dict[str, Endpoint] | None = None  # instance id -> where to read its sessions
     global_secondaries: tuple[SecondaryCluster, ...] | None = None  # None: ask DescribeGlobalClusters
+    read_replicas: tuple[ReadReplica, ...] | None = None  # None: follow DescribeDBInstances
     ingest_pool: str | None = None  # Airflow pool of the ingest task (bounds the fleet's log reads)
     evidence: EvidenceConfig | None = None  # None: no evidence written
     # With settings.approve_drops: how long approve_drops waits for a DBA; then the drops are
@@ -195,6 +240,11 @@ class ClusterConfig:
     @property
     def dag_id(self) -> str:
         return dag_id_for(self.cluster_id)
+
+    @property
+    def id_key(self) -> str:
+        """The config key that named this entry (``cluster_id`` or ``db_instance_id``)."""
+        return "db_instance_id" if self.kind == DB_INSTANCE else "cluster_id"
 
 
 def dag_id_for(cluster_id: str) -> str:
@@ -257,7 +307,7 @@ def load(path: str | os.PathLike[str] | None = None) -> LoadedConfig:
 
 
 def _label(index: int, entry: object) -> str:
-    cid = entry.get("cluster_id") if isinstance(entry, dict) else None
+    cid = (entry.get("cluster_id") or entry.get("db_instance_id")) if isinstance(entry, dict) else None
     return f"clusters[{index}] ({cid!r})" if cid else f"clusters[{index}]"
 
 
@@ -275,14 +325,12 @@ def parse_cluster(entry: object, defaults: Mapping[str, Any], label: str) -> Clu
     if not isinstance(entry, dict):
         raise ConfigError(f"{label}: each cluster entry must be a mapping, got {entry!r}")
     _check_keys(label, entry, ENGINE_KEYS + OTHER_DEFAULT_KEYS + CLUSTER_ONLY_KEYS)
-    for key in ("cluster_id", "postgres_conn_id"):
-        if not entry.get(key):
-            raise ConfigError(f"{label}: {key} is required")
-    if not _CLUSTER_ID.fullmatch(entry["cluster_id"]):
-        raise ConfigError(f"{label}: cluster_id {entry['cluster_id']!r} is not a valid DB cluster identifier")
+    kind, ident = _identity(label, entry)
+    if not entry.get("postgres_conn_id"):
+        raise ConfigError(f"{label}: postgres_conn_id is required")
     merged = {**defaults, **entry}
     engine_values = {k: merged[k] for k in ENGINE_KEYS if k in merged}
-    for key in ("exclude_users", "exclude_patterns", "exempt_groups"):
+    for key in ("exclude_users", "exclude_patterns", "exempt_groups", "ignore_wal_receivers"):
         if key in engine_values:
             engine_values[key] = tuple(engine_values[key])
     try:
@@ -294,9 +342,7 @@ def parse_cluster(entry: object, defaults: Mapping[str, Any], label: str) -> Clu
     evidence = _parse_evidence(
         label, {**(defaults.get("evidence") or {}), **(entry.get("evidence") or {})}, aws_conn_id
     )
-    instances = merged.get("instances")
-    if instances is not None and (not instances or not all(isinstance(i, str) and i for i in instances)):
-        raise ConfigError(f"{label}: instances must be a non-empty list of instance names, got {instances!r}")
+    instances = _instances(label, merged.get("instances"), merged.get("log_group"))
     retries = merged.get("retries", 2)
     if retries < 0:
         raise ConfigError(f"{label}: retries must be >= 0, got {retries!r}")
@@ -318,8 +364,10 @@ def parse_cluster(entry: object, defaults: Mapping[str, Any], label: str) -> Clu
     pool = merged.get("ingest_pool")
     if pool is not None and not pool.strip():
         raise ConfigError(f"{label}: ingest_pool must be an Airflow pool name or null, got {pool!r}")
+    log_group = _log_group(label, merged.get("log_group"))
     return ClusterConfig(
-        cluster_id=entry["cluster_id"],
+        cluster_id=ident,
+        kind=kind,
         postgres_conn_id=entry["postgres_conn_id"],
         aws_conn_id=aws_conn_id,
         region_name=merged.get("region_name"),
@@ -328,16 +376,122 @@ def parse_cluster(entry: object, defaults: Mapping[str, Any], label: str) -> Clu
         alert=alert,
         retries=retries,
         lease_hours=lease,
-        instances=tuple(instances) if instances else None,
+        instances=instances,
         master_user=merged.get("master_user"),
-        log_group=merged.get("log_group"),
+        log_group=log_group,
         instance_endpoints=_endpoints(label, "instance_endpoints", merged.get("instance_endpoints")),
         global_secondaries=_secondaries(label, merged.get("global_secondaries")),
+        read_replicas=_replicas(label, merged.get("read_replicas")),
         ingest_pool=pool,
         evidence=evidence,
         approval_timeout_hours=approval_timeout,
         max_unprotected_days=unprotected,
     )
+
+
+def _identity(label: str, entry: Mapping[str, Any]) -> tuple[str, str]:
+    """The entry's kind and identifier: ``cluster_id`` or ``db_instance_id``, exactly one of them."""
+    cid, iid = entry.get("cluster_id"), entry.get("db_instance_id")
+    if cid and iid:
+        raise ConfigError(
+            f"{label}: give either cluster_id (an Aurora or Multi-AZ DB cluster, or a self-managed "
+            "set-up with instances) or db_instance_id (an RDS for PostgreSQL DB instance), not both"
+        )
+    if not cid and not iid:
+        raise ConfigError(
+            f"{label}: cluster_id or db_instance_id is required (cluster_id: an Aurora or Multi-AZ DB "
+            "cluster, or a self-managed set-up with instances; db_instance_id: an RDS for PostgreSQL "
+            "DB instance, whose read replicas are found and read too)"
+        )
+    kind, key, ident = (CLUSTER, "cluster_id", str(cid)) if cid else (DB_INSTANCE, "db_instance_id", str(iid))
+    if not _CLUSTER_ID.fullmatch(ident):
+        what = "DB cluster" if kind == CLUSTER else "DB instance"
+        raise ConfigError(f"{label}: {key} {ident!r} is not a valid {what} identifier")
+    wrong = sorted(k for k in (_DB_INSTANCE_KEYS if kind == CLUSTER else _CLUSTER_KEYS) if k in entry)
+    if wrong:
+        hint = (
+            "read_replicas is for an RDS DB instance (db_instance_id)"
+            if kind == CLUSTER
+            else "with db_instance_id the instances are found by DescribeDBInstances (list replicas "
+            "in read_replicas if that is not allowed); instances and global_secondaries are for "
+            "cluster_id entries"
+        )
+        raise ConfigError(f"{label}: {', '.join(wrong)} cannot be used with {key}: {hint}")
+    return kind, ident
+
+
+def _instances(
+    label: str, raw: list[Any] | None, entry_group: str | None
+) -> tuple[ConfiguredInstance, ...] | None:
+    """``instances``: names, or mappings saying where each instance's log is."""
+    if raw is None:
+        return None
+    if not raw:
+        raise ConfigError(f"{label}: instances must be a non-empty list of instance names, got {raw!r}")
+    found: list[ConfiguredInstance] = []
+    for i, item in enumerate(raw, start=1):
+        where = f"{label}: instances[{i}]"
+        if isinstance(item, str) and item:
+            item = {"name": item}
+        if not isinstance(item, dict):
+            raise ConfigError(
+                f"{where} must be an instance name or a mapping with name, log_group and log_stream, "
+                f"got {item!r}"
+            )
+        item = _entry(where, item, INSTANCE_KEYS, "name")
+        name, stream = item.get("name"), item.get("log_stream")
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{where}: name must be the instance's name, got {name!r}")
+        group = _log_group(where, item.get("log_group"))
+        if stream is not None and (not isinstance(stream, str) or not _LOG_STREAM.fullmatch(stream)):
+            raise ConfigError(
+                f"{where}: log_stream must be a CloudWatch Logs log stream name (no ':' or '*'), "
+                f"got {stream!r}"
+            )
+        found.append(ConfiguredInstance(name, group, stream))
+    _check_distinct(label, found, entry_group)
+    return tuple(found)
+
+
+def _check_distinct(label: str, instances: list[ConfiguredInstance], entry_group: str | None) -> None:
+    """Two instances may not share a name, nor read the same log: whose logins would they be?"""
+    names: set[str] = set()
+    logs: dict[tuple[str | None, str | None], str] = {}
+    for inst in instances:
+        if inst.name in names:
+            raise ConfigError(f"{label}: instance {inst.name!r} is listed twice in instances")
+        names.add(inst.name)
+        group = inst.log_group or entry_group
+        # an own group without a stream means all of it; otherwise one stream
+        stream = inst.log_stream if inst.log_group else (inst.log_stream or inst.name)
+        for (g, s), other in logs.items():
+            if g == group and (s is None or stream is None or s == stream):
+                where = f"log group {group!r}" if group else "the entry's log group"
+                raise ConfigError(
+                    f"{label}: instances {other!r} and {inst.name!r} both read "
+                    + (f"stream {stream!r} of {where}" if stream is not None and s == stream else where)
+                    + "; give each its own log_group, or its own log_stream in a shared group"
+                )
+        logs[group, stream] = inst.name
+
+
+def _replicas(label: str, raw: list[Any] | None) -> tuple[ReadReplica, ...] | None:
+    """The read replicas listed by the DBA (an empty list: there are none, do not look)."""
+    if raw is None:
+        return None
+    found: list[ReadReplica] = []
+    for i, entry in enumerate(raw, start=1):
+        where = f"{label}: read_replicas[{i}]"
+        entry = _entry(where, entry, REPLICA_KEYS, "db_instance_id and region_name")
+        iid = entry.get("db_instance_id")
+        if not isinstance(iid, str) or not _CLUSTER_ID.fullmatch(iid):
+            raise ConfigError(f"{where}: db_instance_id must be a DB instance identifier, got {iid!r}")
+        region = None if entry.get("region_name") is None else _region(where, entry["region_name"])
+        group = _log_group(where, entry.get("log_group"))
+        if any(r.db_instance_id == iid and r.region_name == region for r in found):
+            raise ConfigError(f"{where}: {iid!r} is listed twice")
+        found.append(ReadReplica(iid, region, group))
+    return tuple(found)
 
 
 def _endpoints(label: str, key: str, raw: Mapping[str, Any] | None) -> dict[str, Endpoint] | None:
@@ -358,6 +512,28 @@ def _endpoints(label: str, key: str, raw: Mapping[str, Any] | None) -> dict[str,
     return found
 
 
+def _entry(where: str, entry: object, allowed: tuple[str, ...], needs: str) -> dict[str, Any]:
+    """One mapping of a list in the config, with only ``allowed`` keys."""
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where} must be a mapping with {needs}, got {entry!r}")
+    unknown = sorted(set(entry) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown} (allowed: {', '.join(allowed)})")
+    return entry
+
+
+def _region(where: str, value: object) -> str:
+    if not isinstance(value, str) or not _REGION.fullmatch(value):
+        raise ConfigError(f"{where}: region_name must be an AWS region such as 'eu-west-1', got {value!r}")
+    return value
+
+
+def _log_group(where: str, value: object) -> str | None:
+    if value is not None and (not isinstance(value, str) or not _LOG_GROUP.fullmatch(value)):
+        raise ConfigError(f"{where}: log_group must be a CloudWatch Logs log group name, got {value!r}")
+    return value
+
+
 def _secondaries(label: str, raw: list[Any] | None) -> tuple[SecondaryCluster, ...] | None:
     """The secondaries listed by the DBA (an empty list: this cluster has none, do not ask AWS)."""
     if raw is None:
@@ -365,21 +541,12 @@ def _secondaries(label: str, raw: list[Any] | None) -> tuple[SecondaryCluster, .
     found = []
     for i, entry in enumerate(raw, start=1):
         where = f"{label}: global_secondaries[{i}]"
-        if not isinstance(entry, dict):
-            raise ConfigError(f"{where} must be a mapping with cluster_id and region_name, got {entry!r}")
-        unknown = sorted(set(entry) - set(SECONDARY_KEYS))
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {unknown} (allowed: {', '.join(SECONDARY_KEYS)})")
-        cid, region = entry.get("cluster_id"), entry.get("region_name")
+        entry = _entry(where, entry, SECONDARY_KEYS, "cluster_id and region_name")
+        cid = entry.get("cluster_id")
         if not isinstance(cid, str) or not _CLUSTER_ID.fullmatch(cid):
             raise ConfigError(f"{where}: cluster_id must be a DB cluster identifier, got {cid!r}")
-        if not isinstance(region, str) or not _REGION.fullmatch(region):
-            raise ConfigError(
-                f"{where}: region_name must be an AWS region such as 'eu-west-1', got {region!r}"
-            )
-        group = entry.get("log_group")
-        if group is not None and (not isinstance(group, str) or not group.startswith("/")):
-            raise ConfigError(f"{where}: log_group must be a log group name starting with '/', got {group!r}")
+        region = _region(where, entry.get("region_name"))
+        group = _log_group(where, entry.get("log_group"))
         endpoints = entry.get("instance_endpoints")
         if endpoints is not None and not isinstance(endpoints, dict):
             raise ConfigError(f"{where}: instance_endpoints must be a mapping, got {endpoints!r}")

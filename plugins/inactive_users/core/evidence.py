@@ -267,12 +267,15 @@ def manifest(
     job_user: Mapping[str, str],
     encryption: Mapping[str, str],
     written_at: datetime,
+    instances_read: Sequence[Mapping[str, Any]] = (),
     unprotected_before: Mapping[str, Any] | None = None,
 ) -> bytes:
     """The JSON manifest of one run's evidence: what produced the CSV, and its checksum.
 
-    ``unprotected_before``: how long no run had acted before this one (``exposure.manifest_entry``),
-    or None when the run before it acted or had nothing to do.
+    ``instances_read``: every instance whose logins and sessions the run read, with where (its
+    log group and region, the streams, where its sessions were read). ``unprotected_before``: how
+    long no run had acted before this one (``exposure.manifest_entry``), or None when the run
+    before it acted or had nothing to do.
     """
     by_status, by_action = counts(rows)
     doc = {
@@ -285,6 +288,7 @@ def manifest(
         "written_at": _iso(written_at),
         "job_user": dict(job_user),
         "settings": dict(settings),
+        "instances_read": [dict(i) for i in instances_read],
         "roles": len(rows),
         "counts_by_status": by_status,
         "counts_by_action": by_action,

@@ -6,26 +6,20 @@ wins: a new way to configure a server (a new key) is one more line here.
 
 from __future__ import annotations
 
-from inactive_users.core.config import ClusterConfig
+from inactive_users.core.config import DB_INSTANCE, ClusterConfig
 
-AURORA = "Aurora cluster"
+#: ``cluster_id`` alone: DescribeDBClusters tells an Aurora cluster from a Multi-AZ DB cluster at
+#: run time; the configuration does not.
+AURORA_OR_MULTI_AZ = "Aurora or Multi-AZ DB cluster"
 RDS_INSTANCE = "RDS instance"
-MULTI_AZ = "Multi-AZ DB cluster"
 SELF_MANAGED = "self-managed"
-
-_RDS_INSTANCE_LOGS = "/aws/rds/instance/"
-_RDS_CLUSTER_LOGS = "/aws/rds/cluster/"
 
 
 def engine_kind(cluster: ClusterConfig) -> str:
-    """Aurora (found by DescribeDBClusters), or, with ``instances`` listed: an RDS instance (its
-    log group is an instance's), a Multi-AZ DB cluster (a cluster's log group), or self-managed
-    (a log group of the DBA's own)."""
-    if cluster.instances is None:
-        return AURORA
-    group = cluster.log_group or _RDS_CLUSTER_LOGS  # the default is a cluster's log group
-    if group.startswith(_RDS_INSTANCE_LOGS):
+    """An RDS instance (``db_instance_id``), a self-managed set-up (``cluster_id`` with
+    ``instances``), or an Aurora or Multi-AZ DB cluster (``cluster_id`` alone)."""
+    if cluster.kind == DB_INSTANCE:
         return RDS_INSTANCE
-    if group.startswith(_RDS_CLUSTER_LOGS):
-        return MULTI_AZ
-    return SELF_MANAGED
+    if cluster.instances is not None:
+        return SELF_MANAGED
+    return AURORA_OR_MULTI_AZ

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -152,6 +152,12 @@ class Thresholds:
     # Drops wait for a DBA's approval: a role due to be dropped that is not locked yet is locked
     # now too, so it is locked whatever the answer (and however long it takes).
     lock_before_drop: bool = False
+
+    @property
+    def horizon(self) -> timedelta | None:
+        """How old a login can be and still change a decision (None: no threshold is set)."""
+        days = [d for d in (self.lock_after_days, self.delete_after_days) if d is not None]
+        return timedelta(days=max(days)) if days else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,6 +358,79 @@ def retention_error(gaps: Mapping[str, str]) -> str | None:
         "then would look inactive. Nothing was locked or deleted. If that is acceptable (or the roles "
         'were checked), trigger once with {"override_retention": true}; the override is recorded in '
         "action_history."
+    )
+
+
+def new_instance_gap(
+    instance: str,
+    read_from: datetime,
+    now: datetime,
+    retention_days: int | None,
+    log_group: str,
+    created: datetime | None,
+) -> str | None:
+    """Why logins on an instance read for the first time may have expired before the job could
+    read them, or None.
+
+    A new instance of a cluster the job has read before is read from ``read_from`` (as far back as
+    a login can still change a decision); logins older than the log group's retention are gone,
+    unless the instance did not exist yet then (``created``).
+    """
+    if retention_days is None:
+        return None
+    kept_from = now - timedelta(days=retention_days)
+    if read_from >= kept_from or (created is not None and created >= kept_from):
+        return None
+    return (
+        f"{instance}: read for the first time, but log group {log_group} keeps events for "
+        f"{retention_days} days, so its logins before {kept_from.isoformat(timespec='seconds')} "
+        f"(back to {read_from.isoformat(timespec='seconds')}, as far as a login still counts) may have "
+        "been deleted unread"
+    )
+
+
+def instance_error(problems: Mapping[str, str]) -> str | None:
+    """The guard message for instances of the topology whose logins or sessions cannot be read."""
+    if not problems:
+        return None
+    return (
+        "instance guard: "
+        + "; ".join(f"{i}: {problems[i]}" for i in sorted(problems))
+        + ". A role whose only logins or sessions are there would look inactive, so nothing was "
+        "locked or deleted (roles and the other instances' logins were still brought up to date)."
+    )
+
+
+def standby_error(
+    receivers: Mapping[str, tuple[str, Sequence[str]]], instances: int, ignored: Collection[str]
+) -> str | None:
+    """Refuse when more servers stream WAL from the instances read than the job reads.
+
+    ``receivers``: per instance read, its server's identity and the names of its physical WAL
+    receivers. In a tree of ``instances`` servers, ``instances - 1`` of them receive WAL; more
+    receivers than that are standbys the configuration leaves out (an RDS replica under a config
+    that lists only the primary), whose logins and sessions would never be read.
+    """
+    by_server: dict[str, list[str]] = {}
+    where: dict[str, list[str]] = {}
+    for instance, (server, names) in sorted(receivers.items()):
+        by_server[server] = [n for n in names if n not in ignored]
+        where.setdefault(server, []).append(instance)
+    total = sum(len(names) for names in by_server.values())
+    if total <= max(instances - 1, 0):
+        return None
+    streams = "; ".join(
+        f"{' = '.join(where[server])} sends its WAL to {len(names)} ({', '.join(repr(n) for n in names)})"
+        for server, names in by_server.items()
+        if names
+    )
+    return (
+        f"standby guard: {streams}: {total} physical standby(s) in all, but the job reads "
+        f"{instances} instance(s), so at least {total - max(instances - 1, 0)} standby whose logins "
+        "and sessions count is not read. A role used only there would look inactive, so nothing was "
+        "locked or deleted. An RDS DB instance: configure db_instance_id (its read replicas are found "
+        "and read); a self-managed standby: list it in instances with where its log is; a WAL "
+        "receiver that takes no logins (an archiver): add its application_name to ignore_wal_receivers."
     )
 
 

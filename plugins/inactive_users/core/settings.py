@@ -47,6 +47,9 @@ class EngineSettings:
     # A DBA approves each run's drops in Airflow (task approve_drops) before DROP ROLE runs; a role
     # due to be dropped is locked first, so it stays locked when the drops are rejected.
     approve_drops: bool = False
+    # Physical WAL receivers that take no logins (WAL archivers), by application_name: the standby
+    # guard does not count them as standbys whose logins would go unread.
+    ignore_wal_receivers: tuple[str, ...] = ("pg_receivewal", "pg_basebackup", "barman_receive_wal")
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -96,7 +99,7 @@ class EngineSettings:
             raise SettingsError(
                 f"overlap_minutes ({self.overlap_minutes}) must cover settle_seconds ({self.settle_seconds})"
             )
-        for key in ("exclude_users", "exclude_patterns", "exempt_groups"):
+        for key in ("exclude_users", "exclude_patterns", "exempt_groups", "ignore_wal_receivers"):
             value = getattr(self, key)
             if isinstance(value, str) or not all(isinstance(v, str) for v in value):
                 raise SettingsError(f"{key} must be a list of strings, got {value!r}")

@@ -24,7 +24,7 @@ from typing import Any
 
 from inactive_users.aws import evidencestore, topology
 from inactive_users.aws.cloudwatch import LogSourceError
-from inactive_users.aws.topology import ClusterView, TopologyError
+from inactive_users.aws.topology import ClusterView, Topology, TopologyError
 from inactive_users.core import alerts, approval, evidence, exposure
 from inactive_users.core.config import ClusterConfig, ConfigError, RunOptions, run_options
 from inactive_users.core.logformat import LogFormat, compile_format
@@ -95,50 +95,50 @@ def engine(
 ) -> Engine:
     """The run's engine, from what preflight found (``pre``: its XCom, or as much as it knows yet).
 
-    With its ``topology`` the engine reads every instance and secondary; with its ``log_format``,
-    lines in the server's own ``log_line_prefix``.
+    With its ``topology`` the engine reads every instance, replica and secondary where its log and
+    its sessions are; with its ``log_format``, lines in the server's own ``log_line_prefix``.
     """
     fmt = pre.get("log_format")
     log_format = compile_format(fmt["prefix"], fmt["timezone"]) if fmt else None
-    topology = pre.get("topology")
-    master_user = pre.get("master_user")
+    topo = Topology.from_json(pre["topology"]) if pre.get("topology") else None
+    primary = topo.primary if topo else None
     eng = Engine.from_airflow(
         cluster.postgres_conn_id,
         opts.settings,
         run_id=str(context["run_id"]),
         cluster_id=cluster.cluster_id,
         aws_conn_id=cluster.aws_conn_id,
-        region_name=cluster.region_name,
-        master_user=master_user,
-        log_group=cluster.log_group,
+        region_name=primary.region_name if primary else cluster.region_name,
+        master_user=pre.get("master_user"),
+        log_group=primary.log_group if primary else cluster.log_group,
         use_lease=not opts.settings.dry_run,
         log_format=log_format,
+        streams=primary.streams if primary else None,
+        missing_hint=(primary.missing_hint or None) if primary else None,
     )
     eng.override_retention = opts.override_retention
-    if topology is not None:
-        primary = ClusterView.from_json(topology["primary"])
-        secondaries = [ClusterView.from_json(s) for s in topology["secondaries"]]
-        eng.sessions = _session_connectors(cluster, primary, secondaries)
-        eng.secondaries = tuple(_secondary_logs(cluster, opts, s, log_format) for s in secondaries)
+    if topo is not None:
+        eng.sessions = _session_connectors(cluster, topo.views)
+        eng.secondaries = tuple(_other_logs(cluster, opts, v, log_format) for v in topo.views[1:])
+        eng.instance_problems = topo.problems()
     return eng
 
 
-def _session_connectors(
-    cluster: ClusterConfig, primary: ClusterView, secondaries: Sequence[ClusterView]
-) -> dict[str, Connect | None]:
-    """Every instance's session reader, keyed as its watermark is (secondaries: ``cluster/instance``)."""
+def _session_connectors(cluster: ClusterConfig, views: Sequence[ClusterView]) -> dict[str, Connect | None]:
+    """Every instance's session reader, keyed as its watermark is."""
     found: dict[str, Connect | None] = {}
-    for view in [primary, *secondaries]:
+    for view in views:
         for instance in view.instances:
-            key = instance if view is primary else f"{view.cluster_id}/{instance}"
             endpoint = view.endpoints.get(instance)
-            found[key] = None if endpoint is None else airflow_connector(cluster.postgres_conn_id, endpoint)
+            connect = None if endpoint is None else airflow_connector(cluster.postgres_conn_id, endpoint)
+            found[view.key(instance)] = connect
     return found
 
 
-def _secondary_logs(
+def _other_logs(
     cluster: ClusterConfig, opts: RunOptions, view: ClusterView, log_format: LogFormat | None
 ) -> LogStreams:
+    """A log group other than the target's own: a replica's, a secondary's, a standby's."""
     from inactive_users.aws.cloudwatch import CloudWatchLogins
 
     source = CloudWatchLogins(
@@ -150,8 +150,11 @@ def _secondary_logs(
         requests_per_second=opts.settings.logs_requests_per_second,
         max_concurrency=opts.settings.logs_max_concurrency,
         log_format=log_format,
+        streams=view.streams,
+        missing_hint=view.missing_hint or None,
     )
-    return LogStreams(view.cluster_id, source, tuple(view.instances))
+    created = {i: datetime.fromisoformat(when) for i, when in view.created.items()}
+    return LogStreams(view.key_prefix, source, tuple(view.instances), view.label, created)
 
 
 def _preflight_result(context: Mapping[str, Any]) -> dict[str, Any]:
@@ -233,9 +236,9 @@ def preflight(cluster: ClusterConfig, context: Mapping[str, Any]) -> dict[str, A
         opts = options(cluster, context)
         for key, source in sorted(opts.sources.items()):
             log.info("setting %s = %r (from %s)", key, opts.value(key), source)
-        primary, secondaries = topology.describe(cluster)
-        instances, master_user = primary.instances, primary.master_user
-        layout = {"primary": primary.to_json(), "secondaries": [v.to_json() for v in secondaries]}
+        topo = topology.describe(cluster)
+        instances, master_user = topo.primary.instances, topo.master_user
+        layout = topo.to_json()
         eng = engine(cluster, context, opts, {"master_user": master_user, "topology": layout})
         log_connections = eng.check_log_connections()
         log.info("log_connections = %s", log_connections)
@@ -256,6 +259,8 @@ def preflight(cluster: ClusterConfig, context: Mapping[str, Any]) -> dict[str, A
             eng.acquire_lease(timedelta(hours=cluster.lease_hours))
     return {
         "instances": instances,
+        "kind": topo.kind,
+        "instances_read": topo.instances_read(),
         "master_user": master_user,
         "topology": layout,
         "log_format": {"prefix": log_format.prefix, "timezone": log_format.timezone},
@@ -563,6 +568,7 @@ def alert(cluster: ClusterConfig, context: Mapping[str, Any]) -> dict[str, Any]:
         upcoming_total=upcoming_total,
         warn_before_days=planned.get("warn_before_days"),
         decision=decision,
+        instances=_instances_read(context),
     )
     assert message is not None  # actions, a decision or upcoming roles, checked above
     log.info("alert:\n%s\n%s", message.subject, message.body)
@@ -573,6 +579,12 @@ def alert(cluster: ClusterConfig, context: Mapping[str, Any]) -> dict[str, Any]:
     if record and not unchanged:
         record.alerted(fingerprint, upcoming_total)
     return {"subject": message.subject, "sent": sent, "contact_notices": sent_notices}
+
+
+def _instances_read(context: Mapping[str, Any]) -> list[str]:
+    """The instances preflight found (replicas and secondaries too), as the alert names them."""
+    pre = context["ti"].xcom_pull(task_ids="preflight") or {}
+    return [row["instance"] for row in pre.get("instances_read") or []]
 
 
 class _UpcomingRecord:
@@ -671,6 +683,7 @@ def write_evidence(cluster: ClusterConfig, context: Mapping[str, Any]) -> dict[s
         logical_date=logical_date,
         evaluated_at=datetime.fromisoformat(planned["as_of"]),
         settings=_evidence_settings(opts, instances),
+        instances_read=_preflight_result(context).get("instances_read") or [],
         rows=rows,
         csv_bytes=body,
         csv_uri=csv_uri,

@@ -38,11 +38,13 @@ AS_CONFIGURED = ""
 
 @dataclass
 class SessionScan:
-    """The roles with a session open on any instance read, and why others could not be read."""
+    """The roles with a session open on any instance read, and why others could not be read; and
+    what receives each instance's WAL (its server's identity and the receivers' names)."""
 
     oids: set[int] = field(default_factory=set)
     read: list[str] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
+    wal_receivers: dict[str, tuple[str, list[str]]] = field(default_factory=dict)
 
 
 def airflow_connector(postgres_conn_id: str, endpoint: str) -> Connect:
@@ -109,6 +111,7 @@ def scan_sessions(connectors: Mapping[str, Connect | None]) -> SessionScan:
         try:
             with closing(connect()) as conn:
                 scan.oids |= state.active_session_oids(conn)
+                scan.wal_receivers[instance] = state.wal_receivers(conn)
         except Exception as exc:  # any failure (network, auth, IAM token) means: cannot know
             first_line = (str(exc).strip().splitlines() or [""])[0]
             scan.errors[instance] = scrub(f"{type(exc).__name__}: {first_line}")

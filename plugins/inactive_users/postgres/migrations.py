@@ -150,6 +150,18 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
     ),
     (
         6,
+        "where each instance's log was read, for a last read once it leaves the topology",
+        (
+            # The log group, its region and the streams read (NULL: every stream of the group). A
+            # replica that is removed, or an instance taken out of the config, is read one last
+            # time from its watermark to now before its row goes (recorded in action_history).
+            "ALTER TABLE {s}.user_login_job_status ADD COLUMN log_group text",
+            "ALTER TABLE {s}.user_login_job_status ADD COLUMN region_name text",
+            "ALTER TABLE {s}.user_login_job_status ADD COLUMN log_streams text[]",
+        ),
+    ),
+    (
+        7,
         "each run's outcome: acted, nothing to do, refused or failed before its actions",
         (
             # One row per DAG run (a retry or a cleared task updates it): how many runs in a row have

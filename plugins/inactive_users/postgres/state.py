@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from inactive_users.core.policy import LOCKED, READY_TO_DELETE, RoleInfo, UserState
 from inactive_users.postgres.migrations import lock_key
@@ -124,13 +125,32 @@ def held_oids(conn: psycopg.Connection, schema: str) -> set[int]:
 
 
 def active_session_oids(conn: psycopg.Connection) -> set[int]:
-    """Roles with a session open now on this instance (pooled connections never log in again)."""
+    """Roles with a session open now on this instance (pooled connections never log in again).
+
+    Any backend running as a role counts: a job user without ``pg_read_all_stats`` (the README's)
+    sees another role's backend with its ``usesysid`` but not its ``backend_type``, so a filter on
+    the type would hide every other role's session from it.
+    """
     rows = conn.execute(
         "SELECT DISTINCT usesysid::bigint FROM pg_stat_activity "
-        "WHERE usesysid IS NOT NULL AND pid <> pg_backend_pid() "
-        "AND backend_type IN ('client backend', 'walsender')"
+        "WHERE usesysid IS NOT NULL AND pid <> pg_backend_pid()"
     ).fetchall()
     return {r[0] for r in rows}
+
+
+def wal_receivers(conn: psycopg.Connection) -> tuple[str, list[str]]:
+    """This server (its postmaster's start time, as an identity) and the application names of what
+    receives its WAL by physical replication: its standbys, or WAL archivers such as pg_receivewal.
+
+    A logical replication connection names a database and is not counted. Every user may see
+    these rows (pid, database, application_name): no grant is needed.
+    """
+    row = conn.execute(
+        "SELECT pg_postmaster_start_time()::text, ARRAY(SELECT coalesce(r.application_name, '') "
+        "FROM pg_stat_replication r JOIN pg_stat_activity a USING (pid) WHERE a.datid IS NULL ORDER BY 1)"
+    ).fetchone()
+    assert row is not None
+    return str(row[0]), list(row[1])
 
 
 def job_user(conn: psycopg.Connection) -> tuple[str, str]:
@@ -372,6 +392,16 @@ def fetch_pending_logins(conn: psycopg.Connection, schema: str) -> dict[str, dat
 
 
 @dataclass(frozen=True)
+class LogLocation:
+    """Where an instance's connection log is read: a log group in a region, some of its streams
+    (None: every stream)."""
+
+    log_group: str
+    region_name: str | None
+    log_streams: tuple[str, ...] | None
+
+
+@dataclass(frozen=True)
 class Watermark:
     instance: str
     last_processed: datetime
@@ -379,16 +409,62 @@ class Watermark:
     retention_gap: str | None = None  # why logins may be missing; cleared only by an override
     connection_events: int | None = None  # "connection authorized" events in the last read
     unrecognised_example: str | None = None  # one of them the prefix did not match (redacted)
+    location: LogLocation | None = None  # None: not recorded (a version before migration 6)
 
 
 def fetch_watermarks(conn: psycopg.Connection, schema: str) -> dict[str, Watermark]:
     rows = conn.execute(
         sql.SQL(
             "SELECT instance_name, last_processed_time, last_event_time, retention_gap, "
-            "connection_events, unrecognised_example FROM {}"
+            "connection_events, unrecognised_example, log_group, region_name, log_streams FROM {}"
         ).format(t(schema, "user_login_job_status"))
     ).fetchall()
-    return {r[0]: Watermark(*r) for r in rows}
+    return {
+        r[0]: Watermark(
+            r[0],
+            r[1],
+            r[2],
+            retention_gap=r[3],
+            connection_events=r[4],
+            unrecognised_example=r[5],
+            location=LogLocation(r[6], r[7], None if r[8] is None else tuple(r[8])) if r[6] else None,
+        )
+        for r in rows
+    }
+
+
+def retire_watermarks(
+    conn: psycopg.Connection, schema: str, run_id: str, retired: Mapping[str, tuple[Watermark, str]]
+) -> None:
+    """Stop reading instances that left the topology: their rows go, each with a history row saying
+    why and how far its log was read."""
+    if not retired:
+        return
+    conn.execute(
+        sql.SQL("DELETE FROM {} WHERE instance_name = ANY(%s)").format(t(schema, "user_login_job_status")),
+        [list(retired)],
+    )
+    record_history(
+        conn,
+        schema,
+        run_id,
+        [
+            (
+                "stopped_reading",
+                instance,
+                None,
+                why,
+                {
+                    "instance": instance,
+                    "last_processed": mark.last_processed.isoformat(),
+                    "last_event": mark.last_event.isoformat() if mark.last_event else None,
+                    "log_group": mark.location.log_group if mark.location else None,
+                    "region_name": mark.location.region_name if mark.location else None,
+                },
+            )
+            for instance, (mark, why) in retired.items()
+        ],
+    )
 
 
 def record_retention_gaps(conn: psycopg.Connection, schema: str, gaps: Mapping[str, str]) -> None:
@@ -437,17 +513,25 @@ def save_watermarks(conn: psycopg.Connection, schema: str, marks: Iterable[Water
     marks = list(marks)
     if not marks:
         return
+    # log_streams travel as JSON: a text[] per row does not fit in one unnest() array parameter
     conn.execute(
         sql.SQL(
             "INSERT INTO {0} AS j (instance_name, last_processed_time, last_event_time, "
-            "connection_events, unrecognised_example) "
-            "SELECT * FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[], %s::bigint[], "
-            "%s::text[]) "
+            "connection_events, unrecognised_example, log_group, region_name, log_streams) "
+            "SELECT i, p, e, c, u, g, r, "
+            "CASE WHEN s IS NULL THEN NULL ELSE ARRAY(SELECT jsonb_array_elements_text(s)) END "
+            "FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[], %s::bigint[], "
+            "%s::text[], %s::text[], %s::text[], %s::jsonb[]) AS x(i, p, e, c, u, g, r, s) "
             "ON CONFLICT (instance_name) DO UPDATE SET "
             "last_processed_time = GREATEST(j.last_processed_time, EXCLUDED.last_processed_time), "
             "last_event_time = GREATEST(j.last_event_time, EXCLUDED.last_event_time), "
             "connection_events = EXCLUDED.connection_events, "
             "unrecognised_example = EXCLUDED.unrecognised_example, "
+            "log_group = coalesce(EXCLUDED.log_group, j.log_group), "
+            "region_name = CASE WHEN EXCLUDED.log_group IS NULL THEN j.region_name "
+            "ELSE EXCLUDED.region_name END, "
+            "log_streams = CASE WHEN EXCLUDED.log_group IS NULL THEN j.log_streams "
+            "ELSE EXCLUDED.log_streams END, "
             "updated_at = now()"
         ).format(t(schema, "user_login_job_status")),
         [
@@ -456,8 +540,17 @@ def save_watermarks(conn: psycopg.Connection, schema: str, marks: Iterable[Water
             [m.last_event for m in marks],
             [m.connection_events for m in marks],
             [m.unrecognised_example for m in marks],
+            [m.location.log_group if m.location else None for m in marks],
+            [m.location.region_name if m.location else None for m in marks],
+            [_streams_json(m.location) for m in marks],
         ],
     )
+
+
+def _streams_json(location: LogLocation | None) -> Jsonb | None:
+    if location is None or location.log_streams is None:
+        return None
+    return Jsonb(list(location.log_streams))
 
 
 def record_history(
@@ -474,8 +567,6 @@ def record_history(
     """
     if not entries:
         return
-    from psycopg.types.json import Jsonb
-
     conn.execute(
         sql.SQL(
             "INSERT INTO {} (run_id, action, user_name, role_oid, reason, detail) "

@@ -149,6 +149,7 @@ def create_app() -> FastAPI:
                 "delete_after_days": s.delete_after_days,
                 "counts": s.counts(),
                 "roles": [r.as_json() for r in s.roles],
+                "instances": [i.as_json() for i in s.instances],
             }
         )
 

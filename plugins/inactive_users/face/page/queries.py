@@ -26,7 +26,7 @@ from inactive_users.core.policy import (
     due,
     exclusion_reason,
 )
-from inactive_users.postgres import state
+from inactive_users.postgres import migrations, state
 from inactive_users.postgres.instances import Connect
 
 #: Statuses of the rows the page adds for login roles the policy never manages.
@@ -73,6 +73,23 @@ class HistoryRow:
     actor: str
 
 
+@dataclass(frozen=True)
+class InstanceRow:
+    """An instance whose log the job reads (a watermark), and how far it has read it."""
+
+    instance: str
+    log_group: str | None  # None: recorded before the job kept where each log is
+    region_name: str | None
+    last_read: datetime
+    last_connection_event: datetime | None
+
+    def as_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        for key in ("last_read", "last_connection_event"):
+            out[key] = out[key].isoformat() if out[key] else None
+        return out
+
+
 @dataclass
 class ClusterStatus:
     cluster_id: str
@@ -82,6 +99,7 @@ class ClusterStatus:
     delete_after_days: int | None
     roles: list[RoleRow] = field(default_factory=list)
     history: list[HistoryRow] = field(default_factory=list)
+    instances: list[InstanceRow] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         found: dict[str, int] = {}
@@ -148,6 +166,8 @@ def read_status(cluster: ClusterConfig, connect: Connect) -> ClusterStatus:
             ).format(state.t(schema, "action_history")),
             [HISTORY_ROWS],
         ).fetchall()
+        # a schema the DAG has not migrated yet (the api-server upgraded first) has no locations
+        marks = state.fetch_watermarks(conn, schema) if migrations.current_version(conn, schema) >= 6 else {}
     exclusions = settings.exclusions(protected=(cluster.master_user, session_user))
     thresholds = settings.thresholds()
     status = ClusterStatus(
@@ -157,6 +177,16 @@ def read_status(cluster: ClusterConfig, connect: Connect) -> ClusterStatus:
         settings.lock_after_days,
         settings.delete_after_days,
         history=[HistoryRow(*h) for h in history],
+        instances=[
+            InstanceRow(
+                m.instance,
+                m.location.log_group if m.location else None,
+                m.location.region_name if m.location else None,
+                m.last_processed,
+                m.last_event,
+            )
+            for m in sorted(marks.values(), key=lambda m: m.instance)
+        ],
     )
     tracked: set[int] = set()
     for name, oid, last, st, st_reason, action, action_at, action_reason, blockers in rows:
