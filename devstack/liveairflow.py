@@ -90,8 +90,9 @@ class LiveAirflow:
         startup_timeout: float = 120.0,
         setup: Sequence[Sequence[str]] = (),
         airflow: Path | None = None,
+        celery_workers: int = 1,
     ) -> None:
-        unknown = set(components) - {*COMPONENTS, CELERY_WORKER}
+        unknown = {c for c in components if not c.startswith(CELERY_WORKER)} - set(COMPONENTS)
         if unknown:
             raise ValueError(f"unknown Airflow components {sorted(unknown)}; choose from {COMPONENTS}")
         if "api-server" not in components:
@@ -103,6 +104,8 @@ class LiveAirflow:
         comps = list(components)
         if executor == "CeleryExecutor" and "scheduler" in comps and CELERY_WORKER not in comps:
             comps.append(CELERY_WORKER)
+        if CELERY_WORKER in comps:  # more workers: celery-worker-2, ... (each its own Celery hostname)
+            comps += [f"{CELERY_WORKER}-{k}" for k in range(2, celery_workers + 1)]
         self.components: tuple[str, ...] = tuple(comps)
         self.metadata_db = metadata_db
         self.redis_url = redis_url
@@ -254,7 +257,7 @@ class LiveAirflow:
         airflow = self.airflow
         if name == "api-server":
             return [airflow, "api-server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
-        if name == CELERY_WORKER:
+        if name.startswith(CELERY_WORKER):
             return [
                 airflow,
                 "celery",
@@ -262,7 +265,7 @@ class LiveAirflow:
                 "--queues",
                 self.run_key,
                 "--celery-hostname",
-                f"{self.run_key}@%h",
+                f"{self.run_key}{name.removeprefix(CELERY_WORKER)}@%h",
                 "--without-mingle",
                 "--without-gossip",
             ]
@@ -353,10 +356,10 @@ class LiveAirflow:
             return all((h.get(k) or {}).get("status") == "healthy" for k in wanted)
 
         self.poll("the components' health at /api/v2/monitor/health", healthy, timeout)
-        if CELERY_WORKER in self.components:
+        for worker in (c for c in self.components if c.startswith(CELERY_WORKER)):
             self.poll(
-                "the Celery worker to be ready",
-                lambda: " ready." in self.log_path(CELERY_WORKER).read_text(errors="replace"),
+                f"the Celery worker {worker} to be ready",
+                lambda w=worker: " ready." in self.log_path(w).read_text(errors="replace"),
                 timeout,
             )
 
@@ -374,6 +377,15 @@ class LiveAirflow:
         r = self.client.get("/auth/token")
         if r.status_code not in (200, 201):
             raise LiveAirflowError(f"GET /auth/token answered {r.status_code}: {r.text[:300]}")
+        return str(r.json()["access_token"])
+
+    def user_token(self, username: str, password: str) -> str:
+        """A real user's JWT (``POST /auth/token`` with the user's password, as a script gets one)."""
+        r = self.client.post("/auth/token", json={"username": username, "password": password})
+        if r.status_code != 201:
+            raise LiveAirflowError(
+                f"POST /auth/token for {username!r} answered {r.status_code}: {r.text[:300]}"
+            )
         return str(r.json()["access_token"])
 
     def api(self, method: str, path: str, **kw: Any) -> httpx.Response:

@@ -159,6 +159,11 @@ BAD_VALUES: list[tuple[dict[str, Any], str]] = [
         "approval_timeout_hours must be > 0 (how long a DBA has to approve the drops), got 0",
     ),
     ({"approval_timeout_hours": "3d"}, "approval_timeout_hours must be int or float, got '3d'"),
+    (
+        {"max_unprotected_days": 0},
+        "max_unprotected_days must be > 0 (days without a run that acted before alerts escalate), got 0",
+    ),
+    ({"max_unprotected_days": "3"}, "max_unprotected_days must be int or float, got '3'"),
     ({"ingest_pool": " "}, "ingest_pool must be an Airflow pool name or null, got ' '"),
     ({"instance_endpoints": {"i-1": "db-1:five"}}, "instance_endpoints['i-1'] must be 'host:port'"),
     ({"instance_endpoints": ["db-1:5432"]}, "instance_endpoints must be dict or null"),
@@ -485,3 +490,19 @@ def test_an_rds_instance_entry_and_where_each_instance_log_is(tmp_path: Path) ->
         ConfiguredInstance("standby-2", None, "standby-2.log"),
         ConfiguredInstance("standby-3", "/pg/standby-3", "s3"),
     )
+
+
+@pytest.mark.parametrize(
+    ("keys", "kind"),
+    [
+        ({}, "Aurora or Multi-AZ DB cluster"),
+        ({"cluster_id": None, "db_instance_id": "orders-db"}, "RDS instance"),
+        ({"instances": ["pg-1", "pg-2"]}, "self-managed"),
+    ],
+)
+def test_the_engine_kind_follows_the_entry_keys(tmp_path: Path, keys: dict[str, Any], kind: str) -> None:
+    from inactive_users.core.kinds import engine_kind
+
+    entry = {k: v for k, v in {**ENTRY, **keys}.items() if v is not None}
+    [cluster] = load(write(tmp_path, {"clusters": [entry]})).clusters
+    assert engine_kind(cluster) == kind

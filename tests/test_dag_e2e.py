@@ -224,6 +224,8 @@ def test_preflight_fails_clearly_when_the_log_export_is_off(
     assert alert["subject"] == "[inactive_users] FAILED no-export: task preflight"
     assert "does not export its PostgreSQL log to CloudWatch Logs" in alert["message"]
     assert "--cloudwatch-logs-export-configuration" in alert["message"]
+    # the failure callback says what it knows of the exposure, and creates no state schema to say it
+    assert "Exposure: unknown: no state schema 'inactive_users' on the cluster yet" in alert["message"]
     assert sc.sql("SELECT count(*) FROM pg_namespace WHERE nspname = 'inactive_users'") == [(0,)]
 
 
@@ -237,6 +239,7 @@ def test_preflight_fails_clearly_when_log_connections_is_off(
     assert states["preflight"] == "failed" and states["report"] == "failed"
     [alert] = h.messages()
     assert "log_connections is 'off'" in alert["message"]
+    assert "Exposure: unknown: no state schema" in alert["message"]
     assert "parameter group" in alert["message"]
     assert sc.pg.password not in alert["message"]
 

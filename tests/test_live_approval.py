@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import psycopg
 import pytest
@@ -111,6 +112,12 @@ def wait_for_question(af: LiveAirflow, run_id: str) -> dict[str, Any]:
     return question
 
 
+def fleet_rows(af: LiveAirflow) -> list[dict[str, Any]]:
+    r = af.client.get("/inactive-users/api/clusters", headers={"Authorization": f"Bearer {af.token()}"})
+    assert r.status_code == 200, r.text
+    return list(r.json()["clusters"])
+
+
 def answer(af: LiveAirflow, run_id: str, option: str) -> dict[str, Any]:
     response = af.api("PATCH", hitl_path(run_id), json={"chosen_options": [option]})
     assert response.status_code == 200, response.text
@@ -157,6 +164,13 @@ def test_reject_then_timeout_then_approve(stage: Stage) -> None:
     # locks are not asked about: the roles due to be dropped are locked before the question
     logins = can_login(sc)
     assert logins[DROP] is False and logins[FLAG] is False and logins["ana_100"] is False
+    # the fleet page shows the drops waiting, with the way to the question, and the run
+    [row] = fleet_rows(af)
+    assert (row["awaiting_approval"], row["last_run_id"], row["last_run_state"]) == (2, run_id, "running")
+    assert (
+        row["links"]["required_actions"]
+        == f"/dags/{DAG_ID}/runs/{quote(run_id, safe='')}/tasks/{TASK}/required_actions"
+    )
 
     response = answer(af, run_id, "Reject")
     rejected_by = response["responded_by"]["name"]
@@ -168,6 +182,9 @@ def test_reject_then_timeout_then_approve(stage: Stage) -> None:
     done = {a for a, _, r in sc.history() if r == run_id}
     assert "lock" in done and not done & {"drop", "ready_to_delete", "drop_failed", "flag_failed"}, done
 
+    [row] = fleet_rows(af)  # answered: nothing waits; the run locked, so it acted
+    assert (row["awaiting_approval"], row["last_run_state"], row["runs_not_acted"]) == (0, "success", 0)
+    assert row["days_since_acted"] == 0 and row["links"]["required_actions"] is None
     request, run_alert = alerts_of_the_run(stage)
     assert request["subject"] == question["subject"]
     link = f"{af.base_url}/dags/{DAG_ID}/runs/{run_id}/tasks/{TASK}/required_actions"
@@ -237,4 +254,9 @@ def test_reject_then_timeout_then_approve(stage: Stage) -> None:
     delete = af.task_log(DAG_ID, run_id, "delete_users")
     assert "ApprovalError: approve_drops recorded no answer (was it marked successful by hand?)" in delete
     assert late in can_login(sc) and can_login(sc)[late] is False  # locked, not dropped
+    # the run locked before delete_users refused: it stays recorded as a run that acted
+    [(outcome, task)] = sc.sql(
+        "SELECT outcome, task_id FROM inactive_users.run_outcome WHERE run_id = %s", run_id
+    )
+    assert (outcome, task) == ("acted", "lock_users")
     assert not {a for a, _, r in sc.history() if r == run_id} & {"drop", "ready_to_delete"}

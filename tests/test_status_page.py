@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -29,6 +28,7 @@ from devstack.liveairflow import LiveAirflow
 from devstack.motoserver import MotoServer
 from devstack.pgcluster import PgBinaries, free_port
 from inactive_users.face.compat import AIRFLOW_V_3_3_PLUS, MULTI_TEAM
+from tests.browser import logged_in, needs_browser, screenshot
 from tests.livestage import fresh_scenario
 from tests.scenario import Scenario
 
@@ -39,7 +39,6 @@ DOWN_PASSWORD = "Down-s3cret-pw-9912"
 WEIRD = 'We"ird Name 👀'
 FORMULA = '=HYPERLINK("http://evil.example")'
 AGES = {"alice": 3, "erin": 80, "bob": 100, "carol": 200, "dave": 200, WEIRD: 30, FORMULA: 10}
-ARTIFACTS = ROOT / ".artifacts"
 
 
 @dataclass
@@ -143,11 +142,7 @@ def stage(
             ]
         setup.append(["dags", "reserialize"])  # the DAGs, for the auth manager; no dag-processor
         with LiveAirflow(work, env, components=("api-server",), metadata_db="sqlite", setup=setup) as af:
-            tokens = {}
-            for user, password in USERS.items():
-                r = af.client.post("/auth/token", json={"username": user, "password": password})
-                assert r.status_code == 201, r.text
-                tokens[user] = r.json()["access_token"]
+            tokens = {user: af.user_token(user, password) for user, password in USERS.items()}
             yield Stage(sc, af.base_url, tokens)
 
 
@@ -206,7 +201,10 @@ def test_the_dag_tab_leads_to_its_cluster_and_explains_other_dags(stage: Stage) 
     ).json()["plugins"]
     ours = next(p for p in plugins if p["name"] == "inactive_users")
     views = [(v["destination"], v["href"], v["url_route"]) for v in ours["external_views"]]
-    assert views == [("dag", "/inactive-users/dags/{DAG_ID}", "inactive-users")]
+    assert views == [
+        ("nav", "/inactive-users/", "inactive-users-fleet"),
+        ("dag", "/inactive-users/dags/{DAG_ID}", "inactive-users"),
+    ]
 
 
 def test_a_cluster_that_cannot_be_reached_says_so_with_no_connection_detail(stage: Stage) -> None:
@@ -312,35 +310,14 @@ def test_the_html_page_shows_counts_chart_table_and_history(stage: Stage) -> Non
 # -- a real browser -----------------------------------------------------------------------------
 
 
-def _browser_missing() -> str | None:
-    if shutil.which("chromium") and shutil.which("chromedriver"):
-        return None
-    return "Debian's chromium and chromium-driver are not installed (make browser installs them as root)"
-
-
-@pytest.mark.skipif(_browser_missing() is not None, reason=str(_browser_missing()))
+@needs_browser
 def test_a_browser_logs_in_through_the_ui_sorts_the_table_and_sees_the_state(stage: Stage) -> None:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium") or "chromium"
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
-    try:
-        wait = WebDriverWait(driver, 20)
-        page = stage.base_url + PAGES[2]
-        driver.get(page)  # logged out: the page links to the UI's login
-        driver.find_element(By.LINK_TEXT, "Log in to Airflow").click()
-        wait.until(ec.presence_of_element_located((By.NAME, "username"))).send_keys("dba")
-        driver.find_element(By.NAME, "password").send_keys(USERS["dba"])
-        driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-        wait.until(ec.url_to_be(page))
-        table = wait.until(ec.presence_of_element_located((By.ID, "roles")))
+    with logged_in(stage.base_url + PAGES[2], "dba", USERS["dba"]) as driver:
+        table = WebDriverWait(driver, 20).until(ec.presence_of_element_located((By.ID, "roles")))
 
         header = table.find_element(By.CSS_SELECTOR, "th[data-key=days_inactive]")
         header.click()
@@ -364,9 +341,4 @@ def test_a_browser_logs_in_through_the_ui_sorts_the_table_and_sees_the_state(sta
         status.select_by_value("")
         assert driver.find_element(By.ID, "shown").text == f"{len(shown)} of {len(shown)} roles shown"
 
-        ARTIFACTS.mkdir(exist_ok=True)
-        shot = ARTIFACTS / "status_page.png"
-        assert driver.save_screenshot(str(shot))
-        print(f"status page screenshot: {shot}")
-    finally:
-        driver.quit()
+        screenshot(driver, "status_page.png")

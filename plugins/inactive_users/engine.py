@@ -21,6 +21,7 @@ import psycopg
 from inactive_users.aws import evidencestore
 from inactive_users.aws.cloudwatch import LogSourceError, log_group_name
 from inactive_users.core.alerts import scrub
+from inactive_users.core.exposure import Report
 from inactive_users.core.logformat import LogFormat, LogFormatError, compile_format
 from inactive_users.core.logparse import LoginSummary
 from inactive_users.core.policy import (
@@ -43,7 +44,7 @@ from inactive_users.core.policy import (
     standby_error,
 )
 from inactive_users.core.settings import EngineSettings, SettingsError
-from inactive_users.postgres import actions, migrations, notices, planstore, state
+from inactive_users.postgres import actions, exposure, migrations, notices, planstore, state
 from inactive_users.postgres.actions import ActionReport, Outcome
 from inactive_users.postgres.blockers import ConnectDatabase
 from inactive_users.postgres.blockers import blockers as name_blockers
@@ -187,8 +188,12 @@ class Engine:
 
         from inactive_users.aws.cloudwatch import CloudWatchLogins
 
+        # One hook: it looks the Airflow connection up once (in a task, each lookup is a call to the
+        # api-server's execution API), then each connect is a new session (and a new IAM token).
+        hook = PostgresHook(postgres_conn_id=postgres_conn_id)
+
         def connect() -> psycopg.Connection:  # Engine.connection() makes it autocommit
-            return cast(psycopg.Connection, PostgresHook(postgres_conn_id=postgres_conn_id).get_conn())
+            return cast(psycopg.Connection, hook.get_conn())
 
         def open_source(where: state.LogLocation, name: str = cluster_id or "") -> CloudWatchLogins:
             return CloudWatchLogins(
@@ -348,6 +353,26 @@ class Engine:
             return evidencestore.snapshot(
                 conn, self.schema, self.run_id, exclusions, self.settings.exempt_groups
             )
+
+    def record_outcome(self, outcome: str, task_id: str | None = None, reason: str | None = None) -> None:
+        """What this run did (``core.exposure``: acted, nothing to do, refused, failed)."""
+        with self.connection() as conn:
+            exposure.record_outcome(conn, self.schema, self.run_id, outcome, task_id, reason)
+        log.info("run %s recorded as %s in %s.run_outcome", self.run_id, outcome, self.schema)
+
+    def exposure(self, *, before_this_run: bool = False) -> Report:
+        """Dormant roles that keep access, and the runs that have not acted (read only).
+
+        ``before_this_run``: the record as it stood before this run (its own outcome left out).
+        """
+        s = self.settings
+        with self.connection() as conn, conn.transaction():
+            conn.execute("SET TRANSACTION READ ONLY")
+            roles = exposure.read_roles(
+                conn, self.schema, s.lock_after_days, s.delete_after_days, s.warn_before_days
+            )
+            runs = exposure.read_runs(conn, self.schema, self.run_id if before_this_run else None)
+        return Report(roles, runs)
 
     def lock(self, plan: Plan) -> ActionReport:
         self._check_guard(plan)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from inactive_users.core.exposure import REFUSED, Report, alert_lines, escalation_label
+
 log = logging.getLogger("inactive_users")
 
 #: Outcome actions worth telling someone about (a re-check of an already flagged role is not).
@@ -182,13 +184,36 @@ def compose_contact_notice(cluster_id: str, notice: Mapping[str, str]) -> Alert:
     return Alert(subject_line(f"[inactive_users] {cluster_id}: login {notice['name']} will be {done}"), body)
 
 
-def compose_failure(cluster_id: str, run_id: str, task_id: str, error: BaseException | str | None) -> Alert:
+def compose_failure(
+    cluster_id: str,
+    run_id: str,
+    task_id: str,
+    error: BaseException | str | None,
+    exposure: Report | str | None = None,
+    *,
+    reason: str | None = None,
+    outcome: str = REFUSED,
+    max_unprotected_days: float = 3,
+) -> Alert:
+    """The alert of a failed task; with ``exposure`` (the run did not act) what stays exposed and
+    since when, or why that could not be read (a string), with ``reason`` (the refusal as the check
+    said it) and its fix. Past ``max_unprotected_days`` without a run that acted, the subject says so."""
     text = scrub(f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error))
     body = (
         f"Cluster: {cluster_id}\nRun: {run_id}\nTask: {task_id}\n\n"
         f"The task failed: {text[:2000]}\n\nSee the task log in Airflow for details."
     )
-    return Alert(subject_line(f"[inactive_users] FAILED {cluster_id}: task {task_id}"), body)
+    subject = f"[inactive_users] FAILED {cluster_id}: task {task_id}"
+    if isinstance(exposure, Report):
+        why = scrub(reason) if reason else text
+        lines = alert_lines(exposure, reason=why, outcome=outcome, max_unprotected_days=max_unprotected_days)
+        body += "\n\n" + "\n".join(lines)
+        label = escalation_label(exposure, max_unprotected_days)
+        if label:
+            subject = f"[inactive_users] {label} {cluster_id}: task {task_id} failed"
+    elif exposure is not None:
+        body += f"\n\nExposure: unknown: {scrub(exposure)[:1000]}"
+    return Alert(subject_line(subject), body)
 
 
 def scrub(text: str) -> str:

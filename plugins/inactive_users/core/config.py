@@ -53,6 +53,7 @@ OTHER_DEFAULT_KEYS = (
     "ingest_pool",
     "evidence",
     "approval_timeout_hours",
+    "max_unprotected_days",
 )
 CLUSTER_ONLY_KEYS = (
     "cluster_id",
@@ -105,6 +106,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "approve_drops": (bool,),
     "ignore_wal_receivers": (list,),
     "approval_timeout_hours": (int, float),
+    "max_unprotected_days": (int, float),
     "ingest_pool": (str, type(None)),
     "instance_endpoints": (dict, type(None)),
     "global_secondaries": (list, type(None)),
@@ -231,6 +233,9 @@ class ClusterConfig:
     # With settings.approve_drops: how long approve_drops waits for a DBA; then the drops are
     # rejected (nothing dropped, the roles stay locked) and the run goes on.
     approval_timeout_hours: float = 72
+    # Runs that have not acted (refused, or failed before their actions) for longer than this make
+    # every failure alert's subject say the cluster is unprotected, until a run acts.
+    max_unprotected_days: float = 3
 
     @property
     def dag_id(self) -> str:
@@ -353,6 +358,12 @@ def parse_cluster(entry: object, defaults: Mapping[str, Any], label: str) -> Clu
             f"{label}: approval_timeout_hours must be > 0 (how long a DBA has to approve the drops), "
             f"got {approval_timeout!r}"
         )
+    unprotected = merged.get("max_unprotected_days", 3)
+    if unprotected <= 0:
+        raise ConfigError(
+            f"{label}: max_unprotected_days must be > 0 (days without a run that acted before alerts "
+            f"escalate), got {unprotected!r}"
+        )
     pool = merged.get("ingest_pool")
     if pool is not None and not pool.strip():
         raise ConfigError(f"{label}: ingest_pool must be an Airflow pool name or null, got {pool!r}")
@@ -377,6 +388,7 @@ def parse_cluster(entry: object, defaults: Mapping[str, Any], label: str) -> Clu
         ingest_pool=pool,
         evidence=evidence,
         approval_timeout_hours=approval_timeout,
+        max_unprotected_days=unprotected,
     )
 
 

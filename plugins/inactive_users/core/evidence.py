@@ -268,11 +268,15 @@ def manifest(
     encryption: Mapping[str, str],
     written_at: datetime,
     instances_read: Sequence[Mapping[str, Any]] = (),
+    unprotected_before: Mapping[str, Any] | None = None,
 ) -> bytes:
     """The JSON manifest of one run's evidence: what produced the CSV, and its checksum.
 
     ``instances_read``: every instance whose logins and sessions the run read, with where (its
-    log group and region, the streams, where its sessions were read)."""
+    log group and region, the streams, where its sessions were read). ``unprotected_before``: how
+    long no run had acted before this one (``exposure.manifest_entry``), or None when the run
+    before it acted or had nothing to do.
+    """
     by_status, by_action = counts(rows)
     doc = {
         "format": FORMAT,
@@ -288,6 +292,7 @@ def manifest(
         "roles": len(rows),
         "counts_by_status": by_status,
         "counts_by_action": by_action,
+        "unprotected_before_run": dict(unprotected_before) if unprotected_before else None,
         "csv": {
             "uri": csv_uri,
             "columns": list(COLUMNS),

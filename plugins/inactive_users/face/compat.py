@@ -79,8 +79,10 @@ if TYPE_CHECKING:
     from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_dag
     from airflow.dag_processing.dagbag import DagBag
     from airflow.providers.standard.operators.hitl import ApprovalOperator
+    from airflow.serialization.serialized_objects import DagSerialization
 
-#: Imported on first use, each from the first of its places that exists.
+#: Imported on first use, each from the first of its places that exists (``module`` for the same
+#: name there, ``module:name`` for another name).
 _LAZY: dict[str, tuple[str, ...]] = {
     # the api-server's auth helpers the status page uses: the same place in 3.1-3.3
     "GetUserDep": ("airflow.api_fastapi.core_api.security",),
@@ -90,6 +92,12 @@ _LAZY: dict[str, tuple[str, ...]] = {
     "ApprovalOperator": ("airflow.providers.standard.operators.hitl",),
     # DagBag (tests and tools): airflow.dag_processing.dagbag since 3.2, airflow.models.dagbag in 3.1
     "DagBag": ("airflow.dag_processing.dagbag", "airflow.models.dagbag"),
+    # what serializes a DAG as the dag-processor stores it (tests, bench): DagSerialization since
+    # 3.2; in 3.1 SerializedDAG (its to_dict)
+    "DagSerialization": (
+        "airflow.serialization.serialized_objects",
+        "airflow.serialization.serialized_objects:SerializedDAG",
+    ),
 }
 
 
@@ -99,14 +107,19 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     for place in places[:-1]:
         try:
-            value = getattr(importlib.import_module(place), name)
+            value = _load(place, name)
         except (ImportError, AttributeError):
             continue
         break
     else:
-        value = getattr(importlib.import_module(places[-1]), name)
+        value = _load(places[-1], name)
     globals()[name] = value
     return value
+
+
+def _load(place: str, name: str) -> Any:
+    module, _, attr = place.partition(":")
+    return getattr(importlib.import_module(module), attr or name)
 
 
 __all__ = [
@@ -124,6 +137,7 @@ __all__ = [
     "ApprovalOperator",
     "BaseNotifier",
     "DagBag",
+    "DagSerialization",
     "GetUserDep",
     "Param",
     "TriggerRule",

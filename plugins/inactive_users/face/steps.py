@@ -25,7 +25,7 @@ from typing import Any
 from inactive_users.aws import evidencestore, topology
 from inactive_users.aws.cloudwatch import LogSourceError
 from inactive_users.aws.topology import ClusterView, Topology, TopologyError
-from inactive_users.core import alerts, approval, evidence
+from inactive_users.core import alerts, approval, evidence, exposure
 from inactive_users.core.config import ClusterConfig, ConfigError, RunOptions, run_options
 from inactive_users.core.logformat import LogFormat, compile_format
 from inactive_users.core.policy import Plan
@@ -34,7 +34,8 @@ from inactive_users.engine import Engine, LogStreams, SafetyGuardError
 from inactive_users.face import notify
 from inactive_users.postgres import notices
 from inactive_users.postgres.actions import ActionReport, Outcome
-from inactive_users.postgres.instances import Connect, airflow_connector
+from inactive_users.postgres.instances import Connect, airflow_connector, bounded_connector
+from inactive_users.postgres.migrations import LATEST as LATEST_MIGRATION
 from inactive_users.postgres.state import ConcurrentRunError
 
 log = logging.getLogger("inactive_users")
@@ -402,6 +403,7 @@ def _act(cluster: ClusterConfig, context: Mapping[str, Any], which: str) -> dict
                     "was dropped; clear approve_drops to ask again."
                 )
             if decided.outcome in (approval.REJECTED, approval.TIMED_OUT):
+                eng.record_outcome(exposure.ACTED, "delete_users", approval.summary_line(decided))
                 raise AirflowSkipException(approval.summary_line(decided))
             if decided.outcome == approval.APPROVED and decided.fingerprint != approval.fingerprint(recorded):
                 raise ApprovalError(
@@ -411,6 +413,7 @@ def _act(cluster: ClusterConfig, context: Mapping[str, Any], which: str) -> dict
             may_drop = decided.may_drop
             log.info("%s", approval.summary_line(decided))
         report = eng.lock(fresh) if which == "lock" else eng.delete(fresh, may_drop=may_drop)
+        eng.record_outcome(exposure.ACTED, f"{which}_users")
     return {"dry_run": False, **_action_summary(report)}
 
 
@@ -505,13 +508,18 @@ def _approval(cluster: ClusterConfig, context: Mapping[str, Any]) -> approval.De
     return approval.decision(answer, asked, cluster.approval_timeout_hours)
 
 
-def nothing_to_do(context: Mapping[str, Any]) -> None:
+def nothing_to_do(cluster: ClusterConfig, context: Mapping[str, Any]) -> None:
     planned = context["ti"].xcom_pull(task_ids="plan") or {}
     log.info(
         "no role reached a threshold: %s candidates checked, %s kept active by an open session",
         planned.get("candidates"),
         planned.get("kept_active_session_total", 0),
     )
+    if not planned.get("dry_run"):
+        with permanent_errors():
+            engine(cluster, context, options(cluster, context), _preflight_result(context)).record_outcome(
+                exposure.NOTHING_TO_DO, "nothing_to_do"
+            )
 
 
 def _action_results(context: Mapping[str, Any]) -> list[Mapping[str, Any]]:
@@ -654,6 +662,7 @@ def write_evidence(cluster: ClusterConfig, context: Mapping[str, Any]) -> dict[s
     with permanent_errors():
         eng, opts, instances = _from_preflight(cluster, context)
         snap = eng.evidence_snapshot()
+        before = eng.exposure(before_this_run=True).runs
     outcomes = {o["name"]: o for s in _action_results(context) for o in s.get("outcomes_sample") or []}
     rows = evidence.build_rows(
         snap.roles,
@@ -681,6 +690,7 @@ def write_evidence(cluster: ClusterConfig, context: Mapping[str, Any]) -> dict[s
         job_user=snap.job_user,
         encryption=evidencestore.encryption_args(ev),
         written_at=datetime.now(UTC),
+        unprotected_before=exposure.manifest_entry(before, datetime.fromisoformat(planned["as_of"])),
     )
     sha256 = hashlib.sha256(body).hexdigest()  # as the manifest records it
     try:
@@ -814,14 +824,79 @@ def report(cluster: ClusterConfig, context: Mapping[str, Any]) -> dict[str, Any]
 
 
 def on_failure(cluster: ClusterConfig, context: Mapping[str, Any]) -> None:
-    """Alert through the same notifiers when a task fails (never raises)."""
+    """Alert through the same notifiers when a task fails (never raises).
+
+    A task before the actions failing means the run did not act: it is recorded (real runs), and
+    the alert adds the exposure the state table shows.
+    """
     error = context.get("exception")
     if isinstance(error, RunHadFailures):
         return  # each failed task alerted itself, and failed roles were in the run's alert
     ti = context.get("ti")
     task_id = getattr(ti, "task_id", "?")
     try:
-        message = alerts.compose_failure(cluster.cluster_id, str(context.get("run_id")), task_id, error)
+        outcome = _outcome_of(error)
+        report = _did_not_act(cluster, context, task_id, outcome, error)
+        message = alerts.compose_failure(
+            cluster.cluster_id,
+            str(context.get("run_id")),
+            task_id,
+            error,
+            report,
+            reason=_reason(error),
+            outcome=outcome,
+            max_unprotected_days=cluster.max_unprotected_days,
+        )
         notify.send(message, cluster.alert, aws_conn_id=cluster.aws_conn_id, region_name=cluster.region_name)
     except Exception as exc:
         log.error("failure alert could not be sent: %s", alerts.scrub(str(exc)))
+
+
+def _reason(error: BaseException | None) -> str:
+    """The refusal as our check said it (not the ``AirflowFailException`` that carried it), scrubbed."""
+    cause = getattr(error, "__cause__", None)
+    shown = cause if isinstance(cause, PERMANENT) else error
+    return alerts.scrub(f"{type(shown).__name__}: {shown}" if shown is not None else "unknown")
+
+
+def _outcome_of(error: BaseException | None) -> str:
+    """Refused: a check or guard said no (``permanent_errors``); failed: anything else, retried out."""
+    if isinstance(error, PERMANENT) or isinstance(getattr(error, "__cause__", None), PERMANENT):
+        return exposure.REFUSED
+    return exposure.FAILED
+
+
+def _did_not_act(
+    cluster: ClusterConfig,
+    context: Mapping[str, Any],
+    task_id: str,
+    outcome: str,
+    error: BaseException | None,
+) -> exposure.Report | str | None:
+    """For a task before the actions: record that the run did not act (a real run), then read the
+    exposure; what went wrong instead, when the state table cannot be reached. None for later tasks.
+
+    Connects with the status page's bounded connector: a cluster that is down fails fast here too.
+    """
+    if task_id not in exposure.PRE_ACTION_TASKS:
+        return None
+    try:
+        try:
+            settings = options(cluster, context).settings
+        except ConfigError:  # a bad trigger conf: the configured settings
+            settings = cluster.settings
+        eng = Engine(bounded_connector(cluster.postgres_conn_id), settings, run_id=str(context.get("run_id")))
+        if len(eng.pending_migrations()) == LATEST_MIGRATION:
+            # never created here (a failure callback does not create it): nothing is tracked yet
+            return (
+                f"no state schema {settings.state_schema!r} on the cluster yet: no run has got past "
+                "preflight, so no role is tracked"
+            )
+        if not settings.dry_run:
+            eng.migrate()  # a run refused in preflight may not have migrated to run_outcome yet
+            eng.record_outcome(outcome, task_id, _reason(error))
+        return eng.exposure()
+    except Exception as exc:
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        log.error("exposure for the failure alert could not be read: %s", alerts.scrub(first_line))
+        return f"the state table could not be read ({type(exc).__name__}: {first_line})"

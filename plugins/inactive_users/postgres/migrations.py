@@ -160,6 +160,22 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             "ALTER TABLE {s}.user_login_job_status ADD COLUMN log_streams text[]",
         ),
     ),
+    (
+        7,
+        "each run's outcome: acted, nothing to do, refused or failed before its actions",
+        (
+            # One row per DAG run (a retry or a cleared task updates it): how many runs in a row have
+            # not acted, since when, and why, for the failure alert and the fleet page.
+            """CREATE TABLE {s}.run_outcome (
+                run_id text PRIMARY KEY,
+                outcome text NOT NULL CHECK (outcome IN ('acted', 'nothing_to_do', 'refused', 'failed')),
+                task_id text,
+                reason text,
+                recorded_at timestamptz NOT NULL DEFAULT now()
+            )""",
+            "CREATE INDEX ON {s}.run_outcome (recorded_at)",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1][0]

@@ -1,4 +1,5 @@
-"""The status page: a FastAPI app the plugin mounts under ``/inactive-users`` in the api-server.
+"""The status pages: a FastAPI app the plugin mounts under ``/inactive-users`` in the api-server:
+the fleet (``/``, ``/api/clusters``, ``/clusters.csv``) and each cluster (``/clusters/<id>``).
 
 Plugin apps get no authorization from Airflow, so every route asks Airflow's own dependencies:
 ``get_user`` reads the same JWT the UI and the REST API use (``Authorization: Bearer``, or the UI's
@@ -14,7 +15,6 @@ import secrets
 from datetime import date
 from typing import Annotated, Any
 
-import psycopg
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import HTTPException
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -25,7 +25,7 @@ from inactive_users.core.alerts import scrub
 from inactive_users.core.config import ClusterConfig
 from inactive_users.face.compat import GetUserDep, requires_access_dag
 from inactive_users.face.config_file import config_file
-from inactive_users.face.page import queries, render
+from inactive_users.face.page import fleet, queries, render, runs
 from inactive_users.face.page.urls import URL_PREFIX, base_path
 from inactive_users.postgres.instances import bounded_connector
 
@@ -66,18 +66,45 @@ def readable_cluster(cluster_id: str, request: Request, user: GetUserDep) -> Clu
 ReadableCluster = Annotated[ClusterConfig, Depends(readable_cluster)]
 
 
+def readable_clusters(request: Request, user: GetUserDep) -> list[ClusterConfig]:
+    """The configured clusters whose DAG the user may read (the same check as each cluster's page);
+    the others are left out, not shown as forbidden."""
+    found = []
+    for cluster in _clusters():
+        try:
+            _authorize(request, user, cluster)
+        except HTTPException as exc:
+            if exc.status_code != 403:
+                raise
+            continue
+        found.append(cluster)
+    return found
+
+
+ReadableClusters = Annotated[list[ClusterConfig], Depends(readable_clusters)]
+
+
+def _fleet(clusters: list[ClusterConfig]) -> list[fleet.FleetRow]:
+    dag_ids = [c.dag_id for c in clusters]
+    return fleet.read_fleet(clusters, runs.latest_runs(dag_ids), runs.awaiting_approval(dag_ids))
+
+
+def _page(body: str, nonce: str) -> HTMLResponse:
+    """An HTML page whose only script and style are its own (the nonce), shown in the UI's frame."""
+    csp = (
+        f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
+        "img-src 'self'; frame-ancestors 'self'; base-uri 'none'; form-action 'none'"
+    )
+    return HTMLResponse(body, headers={"Content-Security-Policy": csp, "Cache-Control": "no-store"})
+
+
 def _status(cluster: ClusterConfig) -> queries.ClusterStatus:
     try:
         return queries.read_status(cluster, bounded_connector(cluster.postgres_conn_id))
     except Exception as exc:  # psycopg errors, a missing Airflow connection, the IAM token call
         # The log keeps what went wrong (credentials scrubbed); the page says only that.
         log.warning("status page: cluster %s could not be read: %s", cluster.cluster_id, scrub(str(exc)))
-        if isinstance(exc, psycopg.errors.QueryCanceled):
-            why = f"it did not answer within {queries.STATEMENT_TIMEOUT_MS / 1000:g} s"
-        elif isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.InvalidSchemaName):
-            why = "its state schema does not exist yet (run the cluster's DAG once)"
-        else:
-            why = f"the connection failed ({type(exc).__name__})"
+        why = queries.why_unreadable(exc)
         raise ClusterUnreachable(
             cluster.cluster_id,
             f"Cluster {cluster.cluster_id} cannot be reached: {why}. The api-server's log says more.",
@@ -148,11 +175,30 @@ def create_app() -> FastAPI:
             csv_url=f"{base}/clusters/{s.cluster_id}/roles.csv",
             json_url=f"{base}/api/clusters/{s.cluster_id}/roles",
         )
-        csp = (
-            f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
-            "img-src 'self'; frame-ancestors 'self'; base-uri 'none'; form-action 'none'"
+        return _page(body, nonce)
+
+    @app.get("/", response_class=HTMLResponse)
+    def fleet_page(clusters: ReadableClusters) -> HTMLResponse:
+        nonce = secrets.token_urlsafe(16)
+        base = base_path() + URL_PREFIX
+        body = render.fleet_page(
+            _fleet(clusters), nonce, csv_url=f"{base}/clusters.csv", json_url=f"{base}/api/clusters"
         )
-        return HTMLResponse(body, headers={"Content-Security-Policy": csp, "Cache-Control": "no-store"})
+        return _page(body, nonce)
+
+    @app.get("/api/clusters")
+    def fleet_json(clusters: ReadableClusters) -> JSONResponse:
+        return JSONResponse({"clusters": [r.as_json() for r in _fleet(clusters)]})
+
+    @app.get("/clusters.csv")
+    def fleet_csv(clusters: ReadableClusters) -> Response:
+        rows = _fleet(clusters)
+        name = f"inactive_users_fleet_{date.today().isoformat()}.csv"
+        return Response(
+            render.fleet_csv(rows),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )
 
     @app.get("/dags/{dag_id}")
     def dag_tab(dag_id: str, request: Request, user: GetUserDep) -> RedirectResponse:

@@ -7,11 +7,13 @@ cluster answers with an error instead of holding an api-server worker.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from psycopg import sql
 
 from inactive_users.core.config import ClusterConfig
@@ -123,6 +125,24 @@ ORDER BY u.user_name
 """
 
 
+@contextmanager
+def read_only(connect: Connect) -> Iterator[psycopg.Connection]:
+    """One ``READ ONLY`` transaction whose statements each end within ``STATEMENT_TIMEOUT_MS``."""
+    with connect() as conn, conn.transaction():
+        conn.execute("SET TRANSACTION READ ONLY")
+        conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(STATEMENT_TIMEOUT_MS)))
+        yield conn
+
+
+def why_unreadable(exc: BaseException) -> str:
+    """Why a cluster's state could not be read, safe to show (no host, user or DSN)."""
+    if isinstance(exc, psycopg.errors.QueryCanceled):
+        return f"it did not answer within {STATEMENT_TIMEOUT_MS / 1000:g} s"
+    if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.InvalidSchemaName):
+        return "its state schema does not exist yet (run the cluster's DAG once)"
+    return f"the connection failed ({type(exc).__name__})"
+
+
 def read_status(cluster: ClusterConfig, connect: Connect) -> ClusterStatus:
     """Every tracked role with its dates and last action, the excluded login roles, recent history.
 
@@ -131,9 +151,7 @@ def read_status(cluster: ClusterConfig, connect: Connect) -> ClusterStatus:
     """
     settings = cluster.settings
     schema = settings.state_schema
-    with connect() as conn, conn.transaction():
-        conn.execute("SET TRANSACTION READ ONLY")
-        conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(STATEMENT_TIMEOUT_MS)))
+    with read_only(connect) as conn:
         as_of = state.db_now(conn)
         session_user, _ = state.job_user(conn)
         roles = state.fetch_roles(conn, settings.exempt_groups)

@@ -1,15 +1,18 @@
-"""The status page's HTML (a Jinja template, autoescaped), its chart, and the CSV for auditors."""
+"""The pages' HTML (Jinja templates, autoescaped), the cluster page's chart, and the CSVs for auditors."""
 
 from __future__ import annotations
 
 import csv
 import io
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 
 import jinja2
 
+from inactive_users.face.page.fleet import CSV_COLUMNS as FLEET_COLUMNS
+from inactive_users.face.page.fleet import FleetRow
 from inactive_users.face.page.queries import ClusterStatus, RoleRow
 
 #: Columns of the CSV, in order (the JSON has the same keys).
@@ -117,10 +120,37 @@ def safe_cell(value: object) -> str:
     return "'" + text if text.startswith(_FORMULA_START) else text
 
 
-def roles_csv(roles: list[RoleRow]) -> str:
+def to_csv(columns: Sequence[str], rows: Iterable[Mapping[str, object]]) -> str:
+    """A CSV a spreadsheet opens as text: the header, then each row's ``columns``, formula-safe."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(CSV_COLUMNS)
-    for r in roles:
-        writer.writerow([safe_cell(getattr(r, c)) for c in CSV_COLUMNS])
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([safe_cell(row.get(c)) for c in columns])
     return out.getvalue()
+
+
+def roles_csv(roles: list[RoleRow]) -> str:
+    return to_csv(CSV_COLUMNS, ({c: getattr(r, c) for c in CSV_COLUMNS} for r in roles))
+
+
+def fleet_csv(rows: Sequence[FleetRow]) -> str:
+    return to_csv(FLEET_COLUMNS, (r.values() for r in rows))
+
+
+def fleet_page(rows: Sequence[FleetRow], nonce: str, csv_url: str, json_url: str) -> str:
+    kinds = sorted({r.kind for r in rows})
+    return (
+        _templates()
+        .get_template("fleet.html")
+        .render(
+            rows=rows,
+            kinds=kinds,
+            nonce=nonce,
+            csv_url=csv_url,
+            json_url=json_url,
+            unreachable=sum(1 for r in rows if r.state is None),
+            past_lock=sum(r.state.roles.past_lock for r in rows if r.state),
+            past_drop=sum(r.state.roles.past_drop for r in rows if r.state),
+        )
+    )

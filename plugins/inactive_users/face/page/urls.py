@@ -16,15 +16,22 @@ def base_path() -> str:
 
 
 def external_views() -> list[dict[str, Any]]:
-    """The tab on each DAG page; the UI replaces ``{DAG_ID}`` and shows the page in a frame.
+    """The fleet page in the UI's navigation, and the tab on each DAG page (the UI replaces
+    ``{DAG_ID}``); the UI shows both in a frame.
 
     The UI offers the tab on every DAG; the page answers 404 for DAGs that are not ours.
     """
     return [
         {
             "name": "Inactive users",
+            "href": f"{base_path()}{URL_PREFIX}/",
+            "destination": "nav",
+            "url_route": "inactive-users-fleet",
+        },
+        {
+            "name": "Inactive users",
             "href": f"{base_path()}{URL_PREFIX}/dags/{{DAG_ID}}",
             "destination": "dag",
             "url_route": "inactive-users",
-        }
+        },
     ]
