@@ -1,6 +1,6 @@
 """The built wheel in a fresh venv with stock Airflow, as a user installs it (README: Install into
-your Airflow), on the Airflow minor of the venv running the test: make test covers 3.3, make
-test-compat 3.1 and 3.2.
+your Airflow), on the Airflow minor of the venv running the test: make test-compat runs it on
+3.1 and 3.2 (their venvs) and on 3.3 (the project's venv); make test leaves it out for time.
 
 Nothing of the checkout is on the fresh venv's path: it gets the wheel and Airflow with its
 providers from the minor's constraints, and every command runs from a temporary folder without
@@ -33,6 +33,7 @@ from tests.scenario import Scenario
 
 pytestmark = [
     pytest.mark.compat,
+    pytest.mark.installed_wheel,
     pytest.mark.single_pg_version("the subject is the installed package, not PostgreSQL"),
 ]
 

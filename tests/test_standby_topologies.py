@@ -2,6 +2,9 @@
 standbys, one log group with a stream per instance, like Aurora) and a self-managed primary and
 standby whose CloudWatch agents ship their logs to two log groups. Each standby is a real hot
 standby (``pg_basebackup -R``); a role that logs in only on a standby is never locked.
+
+They run on the newest PostgreSQL only: tests/test_rds.py runs the same replica-only login on
+every version, and what differs here is where the topology and the logs are, not the server.
 """
 
 from __future__ import annotations
@@ -16,6 +19,10 @@ from devstack.pgcluster import PgCluster, running_standby
 from tests.dagrun import DagHarness
 from tests.scenario import ROLE_PASSWORD, Scenario
 from tests.test_rds import endpoint, log_in, seed
+
+pytestmark = pytest.mark.single_pg_version(
+    "the topology and the log groups are the subject; test_rds.py covers every version's standby"
+)
 
 MAZ = "test-maz"
 MAZ_INSTANCES = [f"{MAZ}-instance-{i}" for i in (1, 2, 3)]  # the writer first
@@ -129,7 +136,6 @@ def test_a_self_managed_standby_shipped_to_its_own_log_group(
     }
 
 
-@pytest.mark.single_pg_version("the subject is the log group's retention, not PostgreSQL")
 def test_a_standby_added_later_is_read_back_as_far_as_a_login_counts_or_refused(
     scenario: Scenario, tmp_path: Path, airflow_db: None, task_log: Callable[[], str]
 ) -> None:
