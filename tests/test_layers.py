@@ -38,10 +38,9 @@ def imported_modules(path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module == "inactive_users":
-                found.update(f"inactive_users.{alias.name}" for alias in node.names)
-            else:
-                found.add(node.module)
+            found.add(node.module)
+            if node.module.split(".")[0] == "inactive_users":  # the submodules among the names too
+                found.update(f"{node.module}.{alias.name}" for alias in node.names)
     return found
 
 
@@ -66,3 +65,48 @@ def test_module_imports_only_from_earlier_layers(path: Path) -> None:
     if layer == "core":
         io = {m.split(".")[0] for m in imported_modules(path)} & IO_PACKAGES
         assert not io, f"the pure core imports {sorted(io)}"
+
+
+def package_module(path: Path) -> str:
+    rel = path.relative_to(PACKAGE).with_suffix("")
+    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+    return ".".join(("inactive_users", *parts))
+
+
+MODULE_NAMES = {package_module(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def private_names_imported(path: Path) -> list[str]:
+    """``module._name`` for each private name this file takes from another module of the package."""
+    return [
+        f"{node.module}.{alias.name}"
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("inactive_users")
+        for alias in node.names
+        if alias.name.startswith("_") and not alias.name.startswith("__")
+    ]
+
+
+def test_no_module_imports_another_modules_private_names() -> None:
+    found = {package_module(p): names for p in MODULE_NAMES.values() if (names := private_names_imported(p))}
+    assert not found, found
+
+
+def test_no_import_cycles() -> None:
+    """Type-only and lazy imports count: a cycle between two modules is one module in two files."""
+    graph = {
+        name: {m for m in imported_modules(path) if m in MODULE_NAMES and m != name}
+        for name, path in MODULE_NAMES.items()
+    }
+    cycles = []
+    for start in graph:
+        stack, seen = [(start, (start,))], set()
+        while stack:
+            node, trail = stack.pop()
+            for nxt in graph[node]:
+                if nxt == start:
+                    cycles.append(" -> ".join((*trail, start)))
+                elif nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, (*trail, nxt)))
+    assert not cycles, cycles

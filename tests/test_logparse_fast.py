@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from inactive_users.core import logparse
 from inactive_users.core.logparse import LoginAggregator, LoginSummary, parse_timestamp, summarize
+from inactive_users.core.pgmessages import failed_user
 
 WHEN = datetime(2026, 11, 26, 9, 54, 51, tzinfo=UTC)
 Event = tuple[str, datetime | None]
@@ -423,7 +424,7 @@ def test_utc_second_never_disagrees(text: str) -> None:
 def test_failed_user_is_the_regex(name: str, tail: str) -> None:
     for message in (f'password authentication failed for user "{name}{tail}', f"x{name}", f'{name}"{tail}'):
         m = re.search(r'authentication failed for user "(.*)"', message)
-        assert logparse._failed_user(message) == (m.group(1) if m else None)
+        assert failed_user(message) == (m.group(1) if m else None)
 
 
 # -- properties ------------------------------------------------------------------------------------

@@ -13,10 +13,11 @@ each escape, so ``LoginAggregator(settle, log_format)`` can apply the same rules
   matched lazily (shortest first, ``%u`` before ``%d`` as in ``logparse``) and the message refers
   back to them: a split is taken only where prefix and message agree.
 * A FATAL from the same process identity (``%p``, else the session id ``%c``) that ends a
-  just-authorized session cancels its pending login, by ``logparse``'s rules (``_is_rejection``,
-  ``_failed_user``). If the first reading of the FATAL's prefix disagrees with the pending login,
-  every other reading that agrees with it is tried (``LogFormat.said_by``): a name or application
-  name that looks like more prefix cannot hide a rejection.
+  just-authorized session cancels its pending login, by the rules ``logparse`` uses too
+  (``pgmessages.is_rejection``, ``failed_user``). If the first reading of the FATAL's prefix
+  disagrees with the pending login, every other reading that agrees with it is tried
+  (``LogFormat.said_by``): a name or application name that looks like more prefix cannot hide a
+  rejection.
 * ``%q`` is ignored: login and rejection lines come from session processes, which print the rest.
 
 Times: the login time is ``%m``, else ``%n``, else ``%t`` (never ``%s``, the session start). The
@@ -36,14 +37,14 @@ from datetime import UTC, datetime, timedelta, timezone
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from inactive_users.core.logparse import _SUFFIXES, _UTC_NAMES, _failed_user, _is_rejection
+from inactive_users.core.pgmessages import AUTHORIZED_SUFFIXES, UTC_ZONE_NAMES, failed_user, is_rejection
 
 AURORA_PREFIX = "%t:%r:%u@%d:[%p]:"
 AURORA_16_PREFIX = "%m:%r:%u@%d:[%p]:%l:%e:%s:%v:%x:%c:%q%a"
 DEBIAN_PREFIX = "%m [%p] %q%u@%d "
 
 #: ``log_timezone`` values whose stamps ``logparse``'s default paths read exactly (offset 0, and
-#: an abbreviation in ``_UTC_NAMES``).
+#: an abbreviation in ``UTC_ZONE_NAMES``).
 UTC_ZONES = frozenset(
     {"UTC", "Etc/UTC", "UCT", "Etc/UCT", "Universal", "Etc/Universal", "Zulu", "Etc/Zulu"}
     | {"GMT", "Etc/GMT", "GMT0", "Etc/GMT0", "GMT+0", "Etc/GMT+0", "GMT-0", "Etc/GMT-0"}
@@ -196,7 +197,7 @@ def _utc_minute(minute: str, abbreviation: str, zone_name: str) -> datetime | No
             local = naive.replace(tzinfo=zone, fold=fold)
             if local.tzname() == abbreviation:
                 return local.astimezone(UTC)
-        if abbreviation in _UTC_NAMES:
+        if abbreviation in UTC_ZONE_NAMES:
             return naive.replace(tzinfo=UTC)
     except (ValueError, OverflowError):  # no such date, an offset of a day or more, out of range
         return None
@@ -213,8 +214,10 @@ def _session_id(key: int) -> str:
     return f"{key >> 32:x}.{key & 0xFFFFFFFF:x}"
 
 
-_LOGIN_TAIL = "(?=\n|\\Z|" + "|".join(map(re.escape, _SUFFIXES)) + ")"
-_REPLICATION_TAIL = "(?=\n|\\Z|" + "|".join(re.escape(s) for s in _SUFFIXES if s != " database=") + ")"
+_LOGIN_TAIL = "(?=\n|\\Z|" + "|".join(map(re.escape, AUTHORIZED_SUFFIXES)) + ")"
+_REPLICATION_TAIL = (
+    "(?=\n|\\Z|" + "|".join(re.escape(s) for s in AUTHORIZED_SUFFIXES if s != " database=") + ")"
+)
 _DIGIT_RUNS = re.compile("[0-9]+")
 _SESSION_RUNS = re.compile(r"(?<![0-9a-f])(?=([0-9a-f]+)\.([0-9a-f]+))")
 
@@ -372,10 +375,10 @@ class LogFormat:
         if found is None:
             return None
         user, key, message = found
-        failed = _failed_user(message)
+        failed = failed_user(message)
         if failed is not None:
             return True, failed, 0
-        return (False, user, key) if _is_rejection(message) else None
+        return (False, user, key) if is_rejection(message) else None
 
     def identities(self, text: str) -> Iterator[int]:
         """Every process key some reading of ``text``'s first line could hold (for ``said_by``).

@@ -58,10 +58,29 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from functools import lru_cache
 from itertools import chain, compress, islice, repeat
-from typing import TYPE_CHECKING, TypeVar
+from typing import Protocol, TypeVar
 
-if TYPE_CHECKING:
-    from inactive_users.core.logformat import LogFormat
+from inactive_users.core.pgmessages import AUTHORIZED_SUFFIXES, UTC_ZONE_NAMES, failed_user, is_rejection
+
+
+class PrefixFormat(Protocol):
+    """What the aggregator asks of a ``log_line_prefix`` other than Aurora's default.
+
+    ``logformat.LogFormat`` is the one implementation; a protocol keeps this module from importing
+    it (logformat imports the message rules this module shares with it, from ``pgmessages``).
+    """
+
+    @property
+    def is_default(self) -> bool: ...
+
+    def login(self, text: str, event_ts: datetime | None = None) -> tuple[str, int, datetime] | None: ...
+
+    def rejection(self, text: str) -> tuple[bool, str, int] | None: ...
+
+    def identities(self, text: str) -> Iterator[int]: ...
+
+    def said_by(self, text: str, user: str, key: int) -> bool: ...
+
 
 LOGIN_PHRASE = "connection authorized: user="
 REPLICATION_PHRASE = "replication connection authorized: user="
@@ -71,24 +90,6 @@ REPLICATION_PHRASE = "replication connection authorized: user="
 FILTER_LOGINS = '"connection authorized"'
 FILTER_FATAL = '"FATAL"'
 
-# What may follow ``user=U`` (or ``database=D``) in a connection-authorized message, PG 11-18.
-_SUFFIXES = (" application_name=", " SSL enabled (", " GSS (", " database=")
-
-# FATAL messages PostgreSQL emits *after* "connection authorized" that end the session at once,
-# by how they start and how they end (names are quoted in the middle).
-_REJECTION_STARTS = (
-    "too many connections for role ",
-    "permission denied for database ",
-    "too many connections for database ",
-    "remaining connection slots are reserved",
-    "must be superuser or replication role to start walsender",
-    "permission denied to start WAL sender",
-)
-_REJECTION_ENDS = (
-    " is not permitted to log in",
-    " does not exist",
-    " is not currently accepting connections",
-)
 
 _TS = re.compile(
     r"(\d{4})-(\d\d)-(\d\d) (\d\d):(\d\d):(\d\d)(?:\.(\d{1,6}))? ([A-Za-z]{1,6}|[+-]\d\d(?::?\d\d)?):"
@@ -96,8 +97,6 @@ _TS = re.compile(
 # %r: "[local]", "host(port)" (IPv6 hosts contain ':' but never parentheses or spaces), or empty.
 _REMOTE = re.compile(r"\[local\]:|[^\s()]+\(\d+\):|:")
 _SEVERITY = re.compile(r":\[(\d+)\]:([A-Z]+[0-9]?):  ")
-_AUTH_FAILED = 'authentication failed for user "'
-_UTC_NAMES = frozenset({"UTC", "GMT", "Z", "UCT", "UT", "Zulu"})
 _MAX_COUNTED_NAMES = 10_000
 
 # The fast path. A line _FAST_LOGIN matches, whose group 1 _utc_second accepts, is one that
@@ -112,7 +111,7 @@ _MAX_COUNTED_NAMES = 10_000
 # * "%u@%d" with no ':' (so the first ':[pid]:SEVERITY:  ' after %r, which split_line takes, is
 #   the one that follows) and a single '@' (so there is one way to split it).
 # * the message says the same user and database, followed by the end of the first line or one
-#   of _SUFFIXES, as parse_login requires (replication: no " database=").
+#   of AUTHORIZED_SUFFIXES, as parse_login requires (replication: no " database=").
 # Possessive "++"/"*+" where backtracking could not find another match anyway: it is cheaper.
 _UTC_STAMP = r"(.{19}) UTC:"
 _HOST_PORT = r"[^\s()]+\(\d+\):"  # _REMOTE's second alternative
@@ -127,11 +126,11 @@ def _login_pattern(pid: str, rest: str = "") -> str:
         + _ATOMIC_REMOTE
         + rf"([^@:\n]++)@([^@:\n]*+):\[({pid})\]:LOG:  "
         + r"(?:connection authorized: user=\2 database=\3(?=\Z|\n|"
-        + "|".join(map(re.escape, _SUFFIXES))
+        + "|".join(map(re.escape, AUTHORIZED_SUFFIXES))
         + ")"
         + rest
         + r"|replication connection authorized: user=\2(?=\Z|\n|"
-        + "|".join(re.escape(s) for s in _SUFFIXES if s != " database=")
+        + "|".join(re.escape(s) for s in AUTHORIZED_SUFFIXES if s != " database=")
         + ")"
         + rest
         + ")"
@@ -201,7 +200,7 @@ def parse_timestamp(text: str) -> tuple[datetime | None, int] | None:
         return None
     zone = m.group(8)
     tz: timezone | None
-    if zone in _UTC_NAMES:
+    if zone in UTC_ZONE_NAMES:
         tz = UTC
     elif zone[0] in "+-":
         digits = zone[1:].replace(":", "")
@@ -277,7 +276,7 @@ def split_line(text: str) -> Line | None:
 
 
 def _follows_cleanly(text: str, pos: int) -> bool:
-    return pos == len(text) or text.startswith(_SUFFIXES, pos)
+    return pos == len(text) or text.startswith(AUTHORIZED_SUFFIXES, pos)
 
 
 def parse_login(text: str, event_ts: datetime | None = None) -> Login | None:
@@ -320,27 +319,9 @@ def parse_login(text: str, event_ts: datetime | None = None) -> Login | None:
     return None
 
 
-def _failed_user(message: str) -> str | None:
-    """The name in ``authentication failed for user "NAME"`` (to the last quote), if the message says so.
-
-    As the regex ``authentication failed for user "(.*)"`` on one line, without its cost.
-    """
-    i = message.find(_AUTH_FAILED)
-    if i < 0:
-        return None
-    start = i + len(_AUTH_FAILED)
-    end = message.rfind('"')
-    return message[start:end] if end >= start else None
-
-
-def _is_rejection(message: str) -> bool:
-    """Whether a FATAL message is one that ends a just-authorized session."""
-    return message.startswith(_REJECTION_STARTS) or message.endswith(_REJECTION_ENDS)
-
-
 def _rejected_user(severity: str, userdb: str, message: str) -> str | None:
     """The user whose just-authorized session this FATAL line ends, if it is such a rejection."""
-    if severity != "FATAL" or not _is_rejection(message):
+    if severity != "FATAL" or not is_rejection(message):
         return None
     at = userdb.find("@")
     return userdb[:at] if at >= 0 else None
@@ -348,7 +329,7 @@ def _rejected_user(severity: str, userdb: str, message: str) -> str | None:
 
 def _fatal_verdict(severity: str, userdb: str, message: str) -> tuple[bool, str] | None:
     """(True, name) for a failed authentication, (False, user) for a rejection, else None."""
-    failed = _failed_user(message) if severity == "FATAL" else None
+    failed = failed_user(message) if severity == "FATAL" else None
     if failed is not None:
         return True, failed
     user = _rejected_user(severity, userdb, message)
@@ -416,7 +397,7 @@ class LoginAggregator:
     """
 
     def __init__(
-        self, settle: timedelta = timedelta(seconds=60), log_format: LogFormat | None = None
+        self, settle: timedelta = timedelta(seconds=60), log_format: PrefixFormat | None = None
     ) -> None:
         self.settle = settle
         # None: the default prefix, read by parse_login/split_line and the fast paths.
@@ -981,10 +962,10 @@ class _ChunkPlan:
                         return None
                     connections += 1
                 continue
-            name = _failed_user(message)
+            name = failed_user(message)
             if name is not None:
                 failed.append(name)
-            elif _is_rejection(message):
+            elif is_rejection(message):
                 rejections.append((i, users[i], int(pids[i])))
         return cls(columns, fatal, rejections, failed, times, connections)
 
@@ -1045,7 +1026,7 @@ def _chunks(items: Iterable[_T], size: int = 1024) -> Iterator[list[_T]]:
 
 
 def summarize(
-    lines: Iterable[str], read_until: datetime | None = None, log_format: LogFormat | None = None
+    lines: Iterable[str], read_until: datetime | None = None, log_format: PrefixFormat | None = None
 ) -> LoginSummary:
     """Convenience for one stream of raw lines (tests, tools)."""
     agg = LoginAggregator(log_format=log_format)
