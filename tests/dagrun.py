@@ -6,20 +6,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from devstack.awsfixtures import alert_topic_with_queue, create_aurora, create_rds_instance, drain_alerts
-from inactive_users.face.compat import AIRFLOW_VERSION
 from tests.scenario import Scenario
 
 MASTER = "clustermaster"
 PARSING_CONTEXT_DAG_ID = "_AIRFLOW_PARSING_CONTEXT_DAG_ID"
-DAG_TEST_ON_3_2 = (
-    "dag.test() on Airflow 3.2.2 (with constraints/airflow-3.2.txt) fails each task's first call to its "
-    "in-process execution API ('State' object has no attribute 'svcs_registry'): on 3.2 the DAG runs end "
-    "to end on a live Airflow instead (tests/test_live_approval.py, tests/test_installed_wheel.py)"
-)
 
 
 class DagHarness:
@@ -104,8 +97,6 @@ class DagHarness:
         # Airflow 3.1's dag.test() leaves _AIRFLOW_PARSING_CONTEXT_DAG_ID set in this process (its
         # parsing context restores only a value that was there before), so a later parse in this
         # test process would build that one DAG only: put the variable back as it was.
-        if AIRFLOW_VERSION.release[:2] == (3, 2):
-            pytest.skip(DAG_TEST_ON_3_2)
         before = os.environ.get(PARSING_CONTEXT_DAG_ID)
         try:
             dr = self.dag(dag_id).test(run_conf=conf, logical_date=timezone.utcnow())
