@@ -15,6 +15,7 @@ import inactive_users
 from devstack.pgcluster import AURORA_PREFIX
 from inactive_users.core.config import load
 from tests.distbuild import build_dist
+from tests.pins import pins
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())
@@ -27,15 +28,6 @@ AIRFLOW_SERVICES = [
     "airflow-triggerer",
     "airflow-init",
 ]
-
-
-def pins(path: Path) -> dict[str, str]:
-    found = {}
-    for line in path.read_text().splitlines():
-        m = re.match(r"^([A-Za-z0-9_.\-]+)(\[[a-z,]+\])?==([^\s;#]+)", line.strip())
-        if m:
-            found[m.group(1).lower()] = m.group(3)
-    return found
 
 
 def container_to_host(service: dict[str, Any], container_path: str) -> Path | None:

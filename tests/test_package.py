@@ -21,6 +21,7 @@ import inactive_users
 from inactive_users.face import compat
 from inactive_users.face.provider_info import get_provider_info
 from tests.distbuild import ROOT, build_dist
+from tests.pins import pins
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 EXAMPLE_DAG = ROOT / "plugins" / "inactive_users" / "example_dags" / "inactive_users_dags.py"
@@ -135,15 +136,6 @@ def test_the_repository_dag_file_is_the_packaged_example_and_the_readme_shows_it
 
 
 # -- the supported Airflow minors -------------------------------------------------------------
-
-
-def pins(path: Path) -> dict[str, str]:
-    found = {}
-    for line in path.read_text().splitlines():
-        m = re.match(r"^([A-Za-z0-9_.\-]+)(\[[a-z,]+\])?==([^\s;#]+)", line.strip())
-        if m:
-            found[m.group(1).lower()] = m.group(3)
-    return found
 
 
 @pytest.mark.parametrize("minor", ["3.1", "3.2"])
