@@ -31,6 +31,7 @@ def test_the_protected_list_names_where_each_role_comes_from() -> None:
     assert all(CLOUD_ROLES.values())
 
 
+@pytest.mark.single_pg_version("the protected names are AWS's; PostgreSQL is only the target")
 def test_cloud_roles_with_old_clocks_are_never_touched(scenario: Scenario, dag_harness: DagHarness) -> None:
     sc, h = scenario, dag_harness
     for name in [*CLOUD_LOGINS, "app_idle"]:

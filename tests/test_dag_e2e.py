@@ -136,6 +136,7 @@ def _last_run_xcoms() -> dict[tuple[str, str], Any]:
     return {(task, key): json.loads(v) if isinstance(v, str | bytes) else v for task, key, v in rows}
 
 
+@pytest.mark.single_pg_version("the subject is how many names an XCom carries; PostgreSQL is only the target")
 def test_more_roles_than_an_xcom_lists_are_all_acted_on_in_one_run(
     scenario: Scenario, dag_harness: DagHarness
 ) -> None:
@@ -210,6 +211,7 @@ def test_more_roles_than_an_xcom_lists_are_all_acted_on_in_one_run(
     )
 
 
+@pytest.mark.single_pg_version("the log export is AWS's setting, not PostgreSQL's")
 def test_preflight_fails_clearly_when_the_log_export_is_off(
     scenario: Scenario, dag_harness: DagHarness
 ) -> None:
@@ -244,6 +246,9 @@ def test_preflight_fails_clearly_when_log_connections_is_off(
     assert sc.pg.password not in alert["message"]
 
 
+@pytest.mark.single_pg_version(
+    "the subject is a killed task and the next run; ALTER ROLE's transaction is the same on every version"
+)
 def test_sigkill_during_lock_users_then_a_new_run_converges(
     scenario: Scenario, dag_harness: DagHarness
 ) -> None:

@@ -95,6 +95,7 @@ def test_every_prefix_gives_the_same_decisions(sc: Scenario, tmp_path: Path, air
     assert st["idle"]["status"] == "Locked"
 
 
+@pytest.mark.single_pg_version("the refusal reads the configured prefix, not a server's log")
 @pytest.mark.parametrize(
     "prefixed, missing",
     [("%m [%p] ", "%u"), ("%t:%r:%u@%d:", "%p")],

@@ -77,6 +77,7 @@ def test_reader_sessions_and_logins_keep_roles_active(
     assert sc.role("login_on_reader")["can_login"] is True  # type: ignore[index]
 
 
+@pytest.mark.single_pg_version("an unreachable instance is the network's doing, not PostgreSQL's")
 def test_an_unreachable_instance_refuses_lock_and_drop_but_sync_and_ingest_run(
     scenario: Scenario, dag_harness: DagHarness
 ) -> None:
@@ -150,6 +151,9 @@ def _global_database(sc: Scenario, tmp_path: Path, *, exports: bool = True) -> D
     return h
 
 
+@pytest.mark.single_pg_version(
+    "a secondary's standby is a reader's (tested on every version); the subject is the Global Database"
+)
 def test_global_database_secondary_logins_and_sessions_count(
     scenario: Scenario, pg_standby: PgCluster, tmp_path: Path, airflow_db: None
 ) -> None:
@@ -187,6 +191,7 @@ def test_global_database_secondary_logins_and_sessions_count(
     assert marks[f"{DR_CLUSTER}/{DR_INSTANCE}"] is not None
 
 
+@pytest.mark.single_pg_version("what makes the secondary unreadable is its AWS description, not PostgreSQL")
 @pytest.mark.parametrize("broken", ["no log group", "no endpoint"])
 def test_an_unreadable_secondary_blocks_lock_and_drop(
     scenario: Scenario, tmp_path: Path, airflow_db: None, broken: str
@@ -219,6 +224,7 @@ def test_an_unreadable_secondary_blocks_lock_and_drop(
     assert sc.role("idle")["can_login"] is True  # type: ignore[index]
 
 
+@pytest.mark.single_pg_version("the subject is the Global Database's AWS topology, not PostgreSQL")
 def test_a_secondary_cluster_refuses_to_run_the_job(
     scenario: Scenario, tmp_path: Path, airflow_db: None, capfd: pytest.CaptureFixture[str]
 ) -> None:
