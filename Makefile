@@ -31,17 +31,15 @@ LINT_PATHS := $(wildcard plugins dags devstack tests bench)
 # Tests run in three pytest-xdist workers (more than the 2 cores: the live Airflow, demo and DAG-run
 # tests spend much of their time waiting on child processes): each worker has its own Airflow home, moto server and
 # PostgreSQL templates, and every server picks a free port. PYTEST_ARGS='-n 0' runs them serially.
-# --dist loadgroup: a module marked xdist_group (a costly module-scoped stage) runs on one worker;
-# every other test goes to whichever worker is free, the longest modules first (tests/conftest.py).
 # The installed-wheel test (a fresh venv and a live Airflow, ~90 s) runs in make test-compat, on every
 # minor, so that make test stays within its 15 minutes.
-PYTEST_ARGS ?= -n 3 --dist loadgroup --durations=15 -m "not installed_wheel"
+PYTEST_ARGS ?= -n 3 --durations=15 -m "not installed_wheel"
 # make test-compat: the older Airflow minors, each in .venv-compat/<minor> pinned by
 # constraints/airflow-<minor>.txt; there only the tests marked "compat" run, on the newest PostgreSQL.
 COMPAT_MINORS := 3.1 3.2
 COMPAT_DIR := .venv-compat
 COMPAT_STAMPS := $(COMPAT_MINORS:%=$(COMPAT_DIR)/%/.installed)
-COMPAT_PYTEST_ARGS ?= -n 3 --dist loadgroup --durations=10
+COMPAT_PYTEST_ARGS ?= -n 3 --durations=10
 # the files with tests marked "compat" (tests/test_package.py checks the list is complete)
 COMPAT_TESTS := tests/test_package.py tests/test_dagbag.py tests/test_dag_e2e.py tests/test_live_approval.py \
 	tests/test_status_page.py tests/test_installed_wheel.py

@@ -71,25 +71,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-#: Modules whose tests each take a minute or more (a live Airflow, make demo, make ui), longest
-#: first. They run first, so that the xdist workers end on short tests instead of one worker
-#: finishing a long one while the others wait. Each runs on one PostgreSQL version (or none), so
-#: moving them does not split the other tests' grouping by version.
-LONG_MODULES = (
-    "test_live_approval.py",
-    "test_fleet_page.py",
-    "test_demo.py",
-    "test_live_airflow.py",
-    "test_exposure_alerts.py",
-    "test_ui.py",
-    "test_status_page.py",
-)
-
-
-@pytest.hookimpl(trylast=True)  # after pytest has grouped the tests by PostgreSQL version
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """``@pytest.mark.single_pg_version(reason)``: run on the newest PostgreSQL only, saying why;
-    and the modules in LONG_MODULES first, the rest in pytest's order.
+    """``@pytest.mark.single_pg_version(reason)``: run on the newest PostgreSQL only, saying why.
 
     For tests whose subject is not PostgreSQL (AWS faults, alert bookkeeping) but that need a
     cluster: the other versions would only repeat them. ``--pg-newest-only`` does so for all.
@@ -106,8 +89,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if callspec.params["pg_binaries"].label != newest:
             reason = marker.args[0] if marker is not None else everywhere
             item.add_marker(pytest.mark.skip(reason=f"runs on {newest} only: {reason}"))
-    rank = {name: i for i, name in enumerate(LONG_MODULES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 @pytest.fixture(scope="session", params=_BINARIES, ids=[b.label for b in _BINARIES])

@@ -40,11 +40,7 @@ from inactive_users.face.page.fleet import DEADLINE_S
 from tests.browser import logged_in, needs_browser, screenshot
 from tests.conftest import PASSWORD
 
-# its module-scoped stage serves every test here: one xdist worker runs them all (make test: --dist loadgroup)
-pytestmark = [
-    pytest.mark.single_pg_version("the page's subject is HTTP, threads and the auth manager"),
-    pytest.mark.xdist_group(__name__),
-]
+pytestmark = pytest.mark.single_pg_version("the page's subject is HTTP, threads and the auth manager")
 
 USERS = {"dba": "dba-pw-Fl33t", "ateam": "ateam-pw-Qx12", "outsider": "outsider-pw-Zr55"}
 SERVERS = 3

@@ -26,9 +26,6 @@ from tests.pins import pins
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 EXAMPLE_DAG = ROOT / "plugins" / "inactive_users" / "example_dags" / "inactive_users_dags.py"
 
-# the wheel and sdist (module-scoped) are built once: one xdist worker runs these (--dist loadgroup)
-pytestmark = pytest.mark.xdist_group(__name__)
-
 
 @pytest.fixture(scope="module")
 def dist() -> dict[str, Path]:

@@ -32,11 +32,7 @@ from tests.browser import logged_in, needs_browser, screenshot
 from tests.livestage import fresh_scenario
 from tests.scenario import Scenario
 
-# its module-scoped stage serves every test here: one xdist worker runs them all (make test: --dist loadgroup)
-pytestmark = [
-    pytest.mark.single_pg_version("the page's subject is HTTP and the auth manager, not PostgreSQL"),
-    pytest.mark.xdist_group(__name__),
-]
+pytestmark = pytest.mark.single_pg_version("the page's subject is HTTP and the auth manager, not PostgreSQL")
 
 USERS = {"dba": "dba-pw-Xq81", "outsider": "outsider-pw-Zr55"}
 DOWN_PASSWORD = "Down-s3cret-pw-9912"
