@@ -37,7 +37,13 @@ from datetime import UTC, datetime, timedelta, timezone
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from inactive_users.core.pgmessages import AUTHORIZED_SUFFIXES, UTC_ZONE_NAMES, failed_user, is_rejection
+from inactive_users.core.pgmessages import (
+    AUTHORIZED_SUFFIXES,
+    REPLICATION_SUFFIXES,
+    UTC_ZONE_NAMES,
+    failed_user,
+    is_rejection,
+)
 
 AURORA_PREFIX = "%t:%r:%u@%d:[%p]:"
 AURORA_16_PREFIX = "%m:%r:%u@%d:[%p]:%l:%e:%s:%v:%x:%c:%q%a"
@@ -215,9 +221,7 @@ def _session_id(key: int) -> str:
 
 
 _LOGIN_TAIL = "(?=\n|\\Z|" + "|".join(map(re.escape, AUTHORIZED_SUFFIXES)) + ")"
-_REPLICATION_TAIL = (
-    "(?=\n|\\Z|" + "|".join(re.escape(s) for s in AUTHORIZED_SUFFIXES if s != " database=") + ")"
-)
+_REPLICATION_TAIL = "(?=\n|\\Z|" + "|".join(map(re.escape, REPLICATION_SUFFIXES)) + ")"
 _DIGIT_RUNS = re.compile("[0-9]+")
 _SESSION_RUNS = re.compile(r"(?<![0-9a-f])(?=([0-9a-f]+)\.([0-9a-f]+))")
 

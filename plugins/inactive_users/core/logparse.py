@@ -60,7 +60,13 @@ from functools import lru_cache
 from itertools import chain, compress, islice, repeat
 from typing import Protocol, TypeVar
 
-from inactive_users.core.pgmessages import AUTHORIZED_SUFFIXES, UTC_ZONE_NAMES, failed_user, is_rejection
+from inactive_users.core.pgmessages import (
+    AUTHORIZED_SUFFIXES,
+    REPLICATION_SUFFIXES,
+    UTC_ZONE_NAMES,
+    failed_user,
+    is_rejection,
+)
 
 
 class PrefixFormat(Protocol):
@@ -130,7 +136,7 @@ def _login_pattern(pid: str, rest: str = "") -> str:
         + ")"
         + rest
         + r"|replication connection authorized: user=\2(?=\Z|\n|"
-        + "|".join(re.escape(s) for s in AUTHORIZED_SUFFIXES if s != " database=")
+        + "|".join(map(re.escape, REPLICATION_SUFFIXES))
         + ")"
         + rest
         + ")"

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 #: What may follow ``user=U`` (or ``database=D``) in a connection-authorized message, PG 11-18.
 AUTHORIZED_SUFFIXES = (" application_name=", " SSL enabled (", " GSS (", " database=")
+#: The same after a replication connection's ``user=U``: it names no database.
+REPLICATION_SUFFIXES = tuple(s for s in AUTHORIZED_SUFFIXES if s != " database=")
 
 #: Time zone abbreviations a log line's ``%t`` / ``%m`` may carry for UTC.
 UTC_ZONE_NAMES = frozenset({"UTC", "GMT", "Z", "UCT", "UT", "Zulu"})
